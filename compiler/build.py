@@ -1,0 +1,132 @@
+"""air-build compile: checkpoints + recipe -> a verified, atomically written bundle."""
+
+from __future__ import annotations
+
+import datetime
+import platform
+import shutil
+from pathlib import Path
+
+import tvm
+from tokenizers import Tokenizer
+
+from air.runtime.errors import AirError
+from air.runtime.manifest import FORMAT_NAME, FORMAT_VERSION, file_record, write_manifest
+from air.targets import Device, resolve_device
+
+from .checkpoint import TOKENIZER_FILES, Checkpoint, load_checkpoint
+from .kv_layouts import DenseKVLayout
+from .model import CausalLM
+from .pipeline import compile_module
+from .progress import Progress
+from .recipe import Recipe
+from .weights import check_tensors, write_weights
+
+AIR_VERSION = "0.1.0"
+
+
+def _context_length(ckpt: Checkpoint, recipe: Recipe, progress: Progress) -> int:
+    spec = ckpt.spec
+    limit = min(recipe.max_context, spec.max_position_embeddings)
+    if spec.sliding_window and spec.sliding_window < limit:
+        # Within its window a sliding-window model is exact full attention.
+        progress.note(f"{ckpt.path}: context limited to its sliding window of {spec.sliding_window}")
+        limit = spec.sliding_window
+    return limit
+
+
+def _check_same_vocabulary(target: Checkpoint, draft: Checkpoint) -> None:
+    if target.spec.vocab_size != draft.spec.vocab_size:
+        raise AirError(
+            f"draft vocabulary size {draft.spec.vocab_size} differs from the target's {target.spec.vocab_size}; "
+            "speculation needs one shared vocabulary"
+        )
+    target_vocab = Tokenizer.from_file(str(target.path / "tokenizer.json")).get_vocab(with_added_tokens=True)
+    draft_vocab = Tokenizer.from_file(str(draft.path / "tokenizer.json")).get_vocab(with_added_tokens=True)
+    if target_vocab != draft_vocab:
+        raise AirError("draft tokenizer's vocabulary differs from the target's; speculation needs one shared vocabulary")
+
+
+def _eos_token_ids(ckpt: Checkpoint) -> list[int]:
+    for source in (ckpt.generation_config, ckpt.config):
+        eos = source.get("eos_token_id")
+        if eos is not None:
+            return [int(e) for e in (eos if isinstance(eos, list) else [eos])]
+    return []
+
+
+def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, staging: Path, progress: Progress) -> dict:
+    spec = ckpt.spec
+    kv = DenseKVLayout(spec, _context_length(ckpt, recipe, progress), recipe.kv_dtype)
+    model = CausalLM(spec, kv)
+    module, named_params = model.export_tvm(spec=model.export_spec())
+    check_tensors(ckpt, named_params)
+    folder = staging / role
+    folder.mkdir()
+    with progress.stage(f"compiling {role} model ({spec.architecture}, {spec.num_layers} layers, "
+                        f"hidden {spec.hidden_size}) for {device.tvm_target.get('mcpu', device.arch)}"):
+        executable = compile_module(module, device.tvm_target)
+        executable.export_library(str(folder / "model.so"))
+    with progress.stage(f"writing {role} weights ({recipe.quantization})"):
+        weight_bytes = write_weights(ckpt, named_params, folder / "weights.safetensors")
+    return {
+        "architecture": spec.to_dict(),
+        "quantization": recipe.quantization,
+        "library": f"{role}/model.so",
+        "weights": f"{role}/weights.safetensors",
+        "params": [name for name, _ in named_params],
+        "kv_cache": kv.describe(),
+        "vocab_size": spec.vocab_size,
+        "weight_bytes": weight_bytes,
+        "eos_token_ids": _eos_token_ids(ckpt),
+    }
+
+
+def compile_bundle(target_path: str, draft_path: str | None, recipe: Recipe, output: Path,
+                   quiet: bool = False) -> dict:
+    from .bundle_writer import staged_bundle
+
+    progress = Progress(total_stages=4 if draft_path is None else 6, quiet=quiet)
+    device = resolve_device(recipe.device)
+    with progress.stage("reading checkpoints"):
+        target = load_checkpoint(target_path)
+        draft = load_checkpoint(draft_path) if draft_path else None
+        if draft is not None:
+            _check_same_vocabulary(target, draft)
+    with staged_bundle(output) as staging:
+        models = {"target": _compile_one("target", target, recipe, device, staging, progress)}
+        if draft is not None:
+            models["draft"] = _compile_one("draft", draft, recipe, device, staging, progress)
+        with progress.stage("writing manifest"):
+            tokenizer_files = [name for name in TOKENIZER_FILES if (target.path / name).exists()]
+            for name in tokenizer_files:
+                shutil.copyfile(target.path / name, staging / name)
+            files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+            manifest = {
+                "format": FORMAT_NAME,
+                "format_version": FORMAT_VERSION,
+                "name": output.name,
+                "device": device.describe(),
+                "runtime": {"threads": recipe.threads},
+                "models": models,
+                "tokenizer": {"files": tokenizer_files, "eos_token_ids": models["target"]["eos_token_ids"]},
+                "files": {rel: file_record(staging, rel) for rel in files},
+                "provenance": {
+                    "air_version": AIR_VERSION,
+                    "tvm_version": tvm.__version__,
+                    "python": platform.python_version(),
+                    "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    "build_host": f"{platform.machine()} {platform.node()}",
+                    "recipe": {"name": recipe.name, "settings": recipe.source},
+                    "sources": {
+                        role: {"path": str(ckpt.path.resolve()), "files": ckpt.source_hashes()}
+                        for role, ckpt in (("target", target), ("draft", draft)) if ckpt is not None
+                    },
+                    "stage_seconds": progress.timings,
+                },
+            }
+            write_manifest(staging, manifest)
+    if not quiet:
+        total = sum(r["size"] for r in manifest["files"].values())
+        print(f"bundle written to {output} ({total / 1e6:.1f} MB) in {progress.elapsed:.1f}s", flush=True)
+    return manifest

@@ -1,0 +1,107 @@
+"""air-build: compile checkpoints into a bundle, and inspect bundles."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from air.runtime.errors import AirError
+
+
+def _fail(message: str, status: int = 2):
+    click.echo(f"air-build: error: {message}", err=True)
+    sys.exit(status)
+
+
+def _terminate_as_interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main():
+    """Compile language models ahead of time for small devices."""
+
+
+@main.command()
+@click.option("--target-model", required=True, type=click.Path(), help="Hugging Face checkpoint folder of the target model.")
+@click.option("--draft-model", type=click.Path(), help="Checkpoint folder of the draft model (same vocabulary).")
+@click.option("--recipe", default="host", show_default=True, help="Recipe name (see `air-build recipes`) or a .yaml path.")
+@click.option("--output", type=click.Path(), help="Bundle folder [default: dist/<target folder name>].")
+@click.option("--max-context", type=click.IntRange(min=16), help="Override the recipe's KV-cache context length.")
+@click.option("--quiet", is_flag=True, help="No progress output.")
+def compile(target_model, draft_model, recipe, output, max_context, quiet):  # noqa: A001 - the command's name
+    """Compile a target (and draft) model for a device recipe into a bundle."""
+    from .recipe import load_recipe
+
+    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    try:
+        chosen = load_recipe(recipe).with_overrides(max_context=max_context)
+        destination = Path(output) if output else Path("dist") / Path(target_model).resolve().name
+        from .build import compile_bundle
+
+        compile_bundle(target_model, draft_model, chosen, destination, quiet=quiet)
+    except AirError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        _fail("interrupted; no bundle was written", 130)
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
+def inspect(bundle, as_json):
+    """Describe a bundle (and check its files against the manifest)."""
+    from air.runtime.manifest import read_manifest, verify_files
+
+    try:
+        root = Path(bundle)
+        manifest = read_manifest(root)
+        verify_files(root, manifest)
+    except AirError as e:
+        _fail(str(e))
+    if as_json:
+        click.echo(json.dumps(manifest, indent=2))
+        return
+    click.echo(_summary(manifest))
+
+
+def _summary(manifest: dict) -> str:
+    device = manifest["device"]
+    total = sum(r["size"] for r in manifest["files"].values())
+    lines = [
+        f"bundle {manifest['name']} (format {manifest['format_version']}, {total / 1e6:.1f} MB, files verified)",
+        f"device: {device['name']} - {device['description']}",
+        f"  tvm target: {json.dumps(device['tvm_target'])}",
+    ]
+    for role, entry in manifest["models"].items():
+        arch, kv = entry["architecture"], entry["kv_cache"]
+        lines += [
+            f"{role}: {arch['architecture']}, {arch['num_layers']} layers, hidden {arch['hidden_size']}, "
+            f"heads {arch['num_heads']}/{arch['num_kv_heads']} (q/kv), vocab {entry['vocab_size']}",
+            f"  weights: {entry['quantization']}, {entry['weight_bytes'] / 1e6:.1f} MB",
+            f"  kv cache: {kv['layout']} {kv['dtype']}, context {kv['max_context']}, "
+            f"{kv['bytes_per_token']} bytes/token, {kv['max_bytes'] / 1e6:.1f} MB at full context",
+        ]
+    prov = manifest["provenance"]
+    lines.append(f"built {prov['built_at']} by air {prov['air_version']} with TVM {prov['tvm_version']}, "
+                 f"recipe {prov['recipe']['name']}")
+    return "\n".join(lines)
+
+
+@main.command()
+def recipes():
+    """List the packaged device recipes."""
+    from .recipe import load_recipe, packaged_recipes
+
+    for name in packaged_recipes():
+        recipe = load_recipe(name)
+        click.echo(f"{name}: device {recipe.device}, {recipe.quantization} weights, "
+                   f"{recipe.kv_dtype} KV cache, context {recipe.max_context}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""One decoder definition (tvm.relax.frontend.nn) for every supported family.
+
+Parameter names follow the Hugging Face checkpoints, so loading weights is a name match.
+The three exported functions share one forward pass:
+  prefill(tokens[n], cache, start_pos) -> logits of the last position [1, vocab]
+  decode(token[1], cache, start_pos)   -> logits [1, vocab]
+  verify(tokens[n], cache, start_pos)  -> logits of every position [n, vocab]
+Each writes the new keys and values into the runtime's cache in place.
+"""
+
+from __future__ import annotations
+
+from tvm import tirx
+from tvm.relax.frontend import nn
+from tvm.relax.frontend.nn import op
+from tvm.script import tirx as T
+
+from .kv_layouts import DenseKVLayout
+from .rope import rope_kernel
+from .spec import DecoderSpec
+
+
+class Attention(nn.Module):
+    def __init__(self, spec: DecoderSpec):
+        self.spec = spec
+        s = spec
+        self.q_proj = nn.Linear(s.hidden_size, s.num_heads * s.head_dim, bias=s.qkv_bias)
+        self.k_proj = nn.Linear(s.hidden_size, s.num_kv_heads * s.head_dim, bias=s.qkv_bias)
+        self.v_proj = nn.Linear(s.hidden_size, s.num_kv_heads * s.head_dim, bias=s.qkv_bias)
+        self.o_proj = nn.Linear(s.num_heads * s.head_dim, s.hidden_size, bias=s.o_bias)
+        if s.qk_norm:
+            self.q_norm = nn.RMSNorm(s.head_dim, -1, s.rms_norm_eps, bias=False)
+            self.k_norm = nn.RMSNorm(s.head_dim, -1, s.rms_norm_eps, bias=False)
+
+    def forward(self, x, cache, layer: int, start_pos, inv_freq, kv: DenseKVLayout):
+        s = self.spec
+        n = x.shape[0]
+        q = op.reshape(self.q_proj(x), (n, s.num_heads, s.head_dim))
+        k = op.reshape(self.k_proj(x), (n, s.num_kv_heads, s.head_dim))
+        v = op.reshape(self.v_proj(x), (n, s.num_kv_heads, s.head_dim))
+        if s.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = _rope(q, inv_freq, start_pos, s.num_heads, s.head_dim)
+        k = _rope(k, inv_freq, start_pos, s.num_kv_heads, s.head_dim)
+        layer_index = tirx.IntImm("int64", layer)
+        cache = op.tensor_ir_inplace_op(
+            kv.append_kernel(), "kv_append", [k, v, cache, layer_index, start_pos], [2],
+            nn.Tensor.placeholder(kv.cache_shape, kv.dtype),
+        )
+        attended = op.tensor_ir_op(
+            kv.attention_kernel(), "kv_attention", [q, cache, layer_index, start_pos],
+            nn.Tensor.placeholder((n, s.num_heads, s.head_dim), "float32"),
+        )
+        return self.o_proj(op.reshape(attended, (n, s.num_heads * s.head_dim))), cache
+
+
+def _rope(x, inv_freq, start_pos, heads: int, head_dim: int):
+    n = x.shape[0]
+    return op.tensor_ir_op(
+        rope_kernel(heads, head_dim), "rope", [x, inv_freq, start_pos],
+        nn.Tensor.placeholder((n, heads, head_dim), "float32"),
+    )
+
+
+def _last_row_kernel(width: int):
+    @T.prim_func(private=True, s_tir=True)
+    def last_row(var_x: T.handle, out: T.Buffer((1, width), "float32")):
+        T.func_attr({"op_pattern": 8})  # opaque: hand-written, never fused
+        n = T.int64()
+        x = T.match_buffer(var_x, (n, width), "float32")
+        for i in range(width):
+            with T.sblock("last_row"):
+                vi = T.axis.spatial(width, i)
+                out[0, vi] = x[n - 1, vi]
+
+    return last_row
+
+
+class MLP(nn.Module):
+    def __init__(self, spec: DecoderSpec):
+        s = spec
+        self.gate_proj = nn.Linear(s.hidden_size, s.intermediate_size, bias=s.mlp_bias)
+        self.up_proj = nn.Linear(s.hidden_size, s.intermediate_size, bias=s.mlp_bias)
+        self.down_proj = nn.Linear(s.intermediate_size, s.hidden_size, bias=s.mlp_bias)
+
+    def forward(self, x):
+        return self.down_proj(op.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, spec: DecoderSpec):
+        self.input_layernorm = nn.RMSNorm(spec.hidden_size, -1, spec.rms_norm_eps, bias=False)
+        self.self_attn = Attention(spec)
+        self.post_attention_layernorm = nn.RMSNorm(spec.hidden_size, -1, spec.rms_norm_eps, bias=False)
+        self.mlp = MLP(spec)
+
+    def forward(self, x, cache, layer, start_pos, inv_freq, kv):
+        attn_out, cache = self.self_attn(self.input_layernorm(x), cache, layer, start_pos, inv_freq, kv)
+        x = x + attn_out
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        return x, cache
+
+
+class Backbone(nn.Module):
+    def __init__(self, spec: DecoderSpec):
+        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
+        self.layers = nn.ModuleList([DecoderLayer(spec) for _ in range(spec.num_layers)])
+        self.norm = nn.RMSNorm(spec.hidden_size, -1, spec.rms_norm_eps, bias=False)
+
+
+class CausalLM(nn.Module):
+    def __init__(self, spec: DecoderSpec, kv: DenseKVLayout):
+        self.spec = spec
+        self.kv = kv
+        self.model = Backbone(spec)
+        if not spec.tie_word_embeddings:
+            self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+        # Built by the compiler from the config (not a checkpoint tensor).
+        self.rope_inv_freq = nn.Parameter((spec.head_dim // 2,), "float32")
+
+    def _hidden(self, tokens, cache, start_pos):
+        x = self.model.embed_tokens(tokens)
+        for index, layer in enumerate(self.model.layers):
+            x, cache = layer(x, cache, index, start_pos, self.rope_inv_freq, self.kv)
+        return self.model.norm(x), cache
+
+    def _logits(self, hidden):
+        if self.spec.tie_word_embeddings:
+            return op.matmul(hidden, op.permute_dims(self.model.embed_tokens.weight))
+        return self.lm_head(hidden)
+
+    def prefill(self, tokens, cache, start_pos):
+        hidden, cache = self._hidden(tokens, cache, start_pos)
+        last = op.tensor_ir_op(
+            _last_row_kernel(self.spec.hidden_size), "last_row", [hidden],
+            nn.Tensor.placeholder((1, self.spec.hidden_size), "float32"),
+        )
+        return self._logits(last)
+
+    def decode(self, token, cache, start_pos):
+        hidden, cache = self._hidden(token, cache, start_pos)
+        return self._logits(hidden)
+
+    def verify(self, tokens, cache, start_pos):
+        hidden, cache = self._hidden(tokens, cache, start_pos)
+        return self._logits(hidden)
+
+    def export_spec(self) -> dict:
+        cache = nn.spec.Tensor(list(self.kv.cache_shape), self.kv.dtype)
+        return {
+            "prefill": {"tokens": nn.spec.Tensor(["n"], "int32"), "cache": cache, "start_pos": nn.spec.Int(),
+                        "$": {"param_mode": "packed", "effect_mode": "none"}},
+            "decode": {"token": nn.spec.Tensor([1], "int32"), "cache": cache, "start_pos": nn.spec.Int(),
+                       "$": {"param_mode": "packed", "effect_mode": "none"}},
+            "verify": {"tokens": nn.spec.Tensor(["n"], "int32"), "cache": cache, "start_pos": nn.spec.Int(),
+                       "$": {"param_mode": "packed", "effect_mode": "none"}},
+        }

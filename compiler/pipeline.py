@@ -1,0 +1,34 @@
+"""The Relax-to-machine-code pipeline for CPU targets."""
+
+from __future__ import annotations
+
+import tvm
+from tvm import relax
+from tvm.relax.backend.cpu_generic import pipeline as cpu_pipeline
+
+from .schedules import apply_cpu_schedules
+
+
+def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
+    """TVM's CPU pipeline plus what it lacks: no weight transposes, and schedules."""
+
+    @tvm.transform.module_pass(opt_level=0)
+    def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
+        with target:
+            passes = [
+                # matmul(x, permute_dims(w)) reads w in place instead of copying it per call.
+                relax.transform.FuseTransposeMatmul(),
+                *cpu_pipeline.legalize_passes(target),
+                relax.transform.DeadCodeElimination(),
+                apply_cpu_schedules(),
+                *cpu_pipeline.dataflow_lower_passes(target),
+                *cpu_pipeline.finalize_passes(target),
+            ]
+            return tvm.transform.Sequential(passes)(mod)
+
+    return _pipeline
+
+
+def compile_module(mod: tvm.IRModule, tvm_target: dict):
+    target = tvm.target.Target(tvm_target)
+    return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target))

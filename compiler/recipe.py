@@ -1,0 +1,90 @@
+"""Device recipes: YAML files naming the device and the build settings for it."""
+
+from __future__ import annotations
+
+import dataclasses
+from importlib import resources
+from pathlib import Path
+
+import yaml
+
+from air.runtime.errors import AirError
+
+QUANTIZATIONS = ("f32",)
+KV_DTYPES = ("float32",)
+_KEYS = {"device", "quantization", "kv_cache", "threads", "description"}
+_KV_KEYS = {"dtype", "max_context"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    name: str
+    device: str
+    quantization: str
+    kv_dtype: str
+    max_context: int
+    threads: int
+    source: dict
+
+    def with_overrides(self, **changes) -> "Recipe":
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+
+def packaged_recipes() -> list[str]:
+    return sorted(p.name[:-5] for p in resources.files("air.recipes").iterdir() if p.name.endswith(".yaml"))
+
+
+def _read(name_or_path: str) -> tuple[str, dict]:
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise AirError(f"recipe file {path} not found")
+        text, name = path.read_text(), path.stem
+    else:
+        resource = resources.files("air.recipes") / f"{name_or_path}.yaml"
+        if not resource.is_file():
+            raise AirError(f"unknown recipe '{name_or_path}' (known: {', '.join(packaged_recipes())}; or give a .yaml path)")
+        text, name = resource.read_text(), name_or_path
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise AirError(f"recipe {name}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise AirError(f"recipe {name}: expected a mapping of settings")
+    return name, data
+
+
+def _choice(name: str, key: str, value, allowed) -> str:
+    if value not in allowed:
+        raise AirError(f"recipe {name}: {key} '{value}' is not one of {', '.join(allowed)}")
+    return value
+
+
+def _positive_int(name: str, key: str, value, minimum: int = 1) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise AirError(f"recipe {name}: {key} must be an integer >= {minimum}, got {value!r}")
+    return value
+
+
+def load_recipe(name_or_path: str) -> Recipe:
+    name, data = _read(name_or_path)
+    unknown = sorted(set(data) - _KEYS)
+    if unknown:
+        raise AirError(f"recipe {name}: unknown key '{unknown[0]}' (known: {', '.join(sorted(_KEYS))})")
+    if "device" not in data:
+        raise AirError(f"recipe {name}: missing key 'device'")
+    kv = data.get("kv_cache", {}) or {}
+    if not isinstance(kv, dict):
+        raise AirError(f"recipe {name}: kv_cache must be a mapping")
+    unknown = sorted(set(kv) - _KV_KEYS)
+    if unknown:
+        raise AirError(f"recipe {name}: unknown key 'kv_cache.{unknown[0]}' (known: {', '.join(sorted(_KV_KEYS))})")
+    return Recipe(
+        name=name,
+        device=str(data["device"]),
+        quantization=_choice(name, "quantization", data.get("quantization", "f32"), QUANTIZATIONS),
+        kv_dtype=_choice(name, "kv_cache.dtype", kv.get("dtype", "float32"), KV_DTYPES),
+        max_context=_positive_int(name, "kv_cache.max_context", kv.get("max_context", 2048), 16),
+        threads=_positive_int(name, "threads", data.get("threads", 0), 0),
+        source=data,
+    )

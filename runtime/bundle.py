@@ -1,0 +1,174 @@
+"""A bundle on the device: verified, loaded, ready to generate.
+
+    bundle = Bundle.load("dist/my-bundle")
+    result = bundle.generate("def fibonacci(n):", max_tokens=64)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import tvm
+
+from .errors import AirError
+from .manifest import read_manifest, verify_files
+from .model import CompiledModel
+from .sampling import choose
+from .text import TextStream, load_tokenizer
+
+
+@dataclasses.dataclass
+class GenerationResult:
+    tokens: list[int]
+    text: str
+    finish_reason: str  # "stop" (end-of-sequence token), "length" (max_tokens) or "context" (cache full)
+    stats: dict
+
+
+def _cpu_flags() -> set[str] | None:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith(("flags", "Features")):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return set()
+
+
+def check_machine(manifest: dict) -> None:
+    """Refuse a bundle built for another architecture or for CPU features this machine lacks."""
+    device = manifest["device"]
+    machine = platform.machine()
+    if device["arch"] != machine:
+        raise AirError(f"bundle was built for {device['arch']} ({device['name']}); this machine is {machine}")
+    flags = _cpu_flags()
+    if flags is None:
+        return
+    missing = [f for f in device["cpu_features"] if f not in flags]
+    if missing:
+        raise AirError(f"bundle was built for {device['name']} and needs CPU features this machine lacks: {', '.join(missing)}")
+
+
+def _configure_threads(threads: int) -> None:
+    if threads > 0:
+        tvm.get_global_func("runtime.config_threadpool")(0, threads)
+
+
+class Bundle:
+    def __init__(self, root: Path, manifest: dict, threads: int):
+        self.root = root
+        self.manifest = manifest
+        self.device = tvm.cpu()
+        _configure_threads(threads)
+        self.tokenizer = load_tokenizer(root)
+        self.target = CompiledModel(root, manifest["models"]["target"], self.device)
+        self._draft = None
+        self.eos_token_ids = set(manifest["tokenizer"].get("eos_token_ids", []))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, threads: int | None = None, verify: bool = True) -> "Bundle":
+        root = Path(path)
+        manifest = read_manifest(root)
+        check_machine(manifest)
+        if verify:
+            verify_files(root, manifest)
+        if threads is None:
+            threads = int(manifest.get("runtime", {}).get("threads", 0))
+        return cls(root, manifest, threads)
+
+    @property
+    def draft(self) -> CompiledModel:
+        if "draft" not in self.manifest["models"]:
+            raise AirError(f"{self.root}: bundle has no draft model")
+        if self._draft is None:
+            self._draft = CompiledModel(self.root, self.manifest["models"]["draft"], self.device)
+        return self._draft
+
+    @property
+    def max_context(self) -> int:
+        return self.target.max_context
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text).ids
+
+    def _check_prompt(self, prompt_ids: list[int]) -> None:
+        if not prompt_ids:
+            raise AirError("empty prompt: give at least one token")
+        vocab = self.target.vocab_size
+        bad = [t for t in prompt_ids if not 0 <= t < vocab]
+        if bad:
+            raise AirError(f"prompt token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")
+        if len(prompt_ids) >= self.max_context:
+            raise AirError(
+                f"prompt has {len(prompt_ids)} tokens; the bundle's context is {self.max_context} "
+                "(the prompt and at least one generated token must fit)"
+            )
+
+    def generate(
+        self,
+        prompt: str | None = None,
+        prompt_ids: list[int] | None = None,
+        max_tokens: int = 64,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        seed: int | None = None,
+        on_text: Callable[[str], None] | None = None,
+    ) -> GenerationResult:
+        if (prompt is None) == (prompt_ids is None):
+            raise AirError("give exactly one of a prompt text or prompt token ids")
+        ids = self.encode(prompt) if prompt is not None else list(prompt_ids)
+        self._check_prompt(ids)
+        rng = np.random.default_rng(seed)
+        stream = TextStream(self.tokenizer)
+        model = self.target
+        model.reset()
+
+        start = time.perf_counter()
+        logits = model.prefill(ids)
+        prefill_seconds = time.perf_counter() - start
+        generated: list[int] = []
+        finish = "length"
+        decode_start = time.perf_counter()
+        first_token_at = None
+        decode_calls = 0
+        while len(generated) < max_tokens:
+            token = choose(logits, temperature, top_p, rng)
+            if first_token_at is None:
+                first_token_at = time.perf_counter()
+            if token in self.eos_token_ids:
+                finish = "stop"
+                break
+            generated.append(token)
+            if on_text is not None:
+                on_text(stream.push(token))
+            if len(generated) == max_tokens:
+                break
+            if model.length >= model.max_context:
+                finish = "context"
+                break
+            logits = model.decode(token)
+            decode_calls += 1
+        end = time.perf_counter()
+        if on_text is not None:
+            for token in generated[len(stream.ids):]:
+                stream.push(token)
+            on_text(stream.flush())
+        decode_seconds = end - decode_start
+        stats = {
+            "prompt_tokens": len(ids),
+            "generated_tokens": len(generated),
+            "prefill_seconds": round(prefill_seconds, 6),
+            "prefill_tokens_per_second": round(len(ids) / prefill_seconds, 3) if prefill_seconds > 0 else None,
+            "decode_seconds": round(decode_seconds, 6),
+            "decode_tokens_per_second": round(decode_calls / decode_seconds, 3) if decode_calls and decode_seconds > 0 else None,
+            "time_to_first_token_seconds": round((first_token_at or end) - start, 6),
+        }
+        text = self.tokenizer.decode(generated, skip_special_tokens=True)
+        return GenerationResult(tokens=generated, text=text, finish_reason=finish, stats=stats)

@@ -1,0 +1,63 @@
+"""air-run: load a bundle and generate (also `python -m air.runtime`)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import click
+
+from .errors import AirError
+
+
+def _parse_ids(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise AirError(f"--prompt-ids must be comma-separated integers, got '{text}'") from None
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("bundle", type=click.Path())
+@click.option("--prompt", help="Prompt text.")
+@click.option("--prompt-ids", help="Prompt as comma-separated token ids, e.g. 1,2,3.")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True, help="Tokens to generate at most.")
+@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True, help="0 is greedy.")
+@click.option("--top-p", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=int, default=None, help="Seed for sampling (reproducible output).")
+@click.option("--threads", type=click.IntRange(min=0), default=None, help="CPU threads (default: the bundle's recipe; 0 = all cores).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (tokens, text, stats) instead of streaming text.")
+def main(bundle, prompt, prompt_ids, max_tokens, temperature, top_p, seed, threads, as_json):
+    """Generate text with a compiled BUNDLE."""
+    try:
+        if (prompt is None) == (prompt_ids is None):
+            raise AirError("give exactly one of --prompt or --prompt-ids")
+        from .bundle import Bundle
+
+        loaded = Bundle.load(bundle, threads=threads)
+        ids = _parse_ids(prompt_ids) if prompt_ids is not None else None
+        on_text = None if as_json else (lambda delta: (sys.stdout.write(delta), sys.stdout.flush()))
+        result = loaded.generate(prompt=prompt, prompt_ids=ids, max_tokens=max_tokens, temperature=temperature,
+                                 top_p=top_p, seed=seed, on_text=on_text)
+    except AirError as e:
+        click.echo(f"air-run: error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("air-run: interrupted", err=True)
+        sys.exit(130)
+    if as_json:
+        print(json.dumps({"tokens": result.tokens, "text": result.text,
+                          "finish_reason": result.finish_reason, "stats": result.stats}))
+    else:
+        sys.stdout.write("\n")
+        stats = result.stats
+        click.echo(
+            f"[{stats['generated_tokens']} tokens, prefill {stats['prefill_tokens_per_second']} tok/s, "
+            f"decode {stats['decode_tokens_per_second']} tok/s, first token {stats['time_to_first_token_seconds']:.3f}s, "
+            f"finish: {result.finish_reason}]",
+            err=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The bundle contract: manifest schema, version, validation and file integrity.
+
+Defined here, on the runtime side, and used by the compiler to write bundles, so that
+both halves agree by construction. A bundle is one folder:
+
+  manifest.json            this schema
+  <role>/model.so          compiled library per model (role: target, draft)
+  <role>/weights.safetensors
+  tokenizer.json, tokenizer_config.json
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from .errors import AirError
+
+FORMAT_NAME = "air-bundle"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+MODEL_ROLES = ("target", "draft")
+EXPORTED_FUNCTIONS = ("prefill", "decode", "verify")
+
+_REQUIRED_TOP = {"format": str, "format_version": int, "name": str, "device": dict, "models": dict,
+                 "tokenizer": dict, "files": dict, "provenance": dict}
+_REQUIRED_MODEL = {"architecture": dict, "quantization": str, "library": str, "weights": str,
+                   "params": list, "kv_cache": dict, "vocab_size": int, "weight_bytes": int}
+_REQUIRED_KV = {"layout": str, "dtype": str, "shape": list, "max_context": int,
+                "bytes_per_token": int, "max_bytes": int}
+_REQUIRED_DEVICE = {"name": str, "arch": str, "tvm_target": dict, "cpu_features": list}
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_record(root: Path, relpath: str) -> dict:
+    path = root / relpath
+    return {"size": path.stat().st_size, "sha256": sha256_file(path)}
+
+
+def _check_keys(data: dict, required: dict, where: str) -> None:
+    for key, kind in required.items():
+        if key not in data:
+            raise AirError(f"manifest: {where} lacks '{key}'")
+        if not isinstance(data[key], kind):
+            raise AirError(f"manifest: {where}.{key} should be {kind.__name__}")
+
+
+def validate(manifest: dict) -> None:
+    """Structure and version; raises AirError naming the first problem."""
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
+        raise AirError("manifest: not an air bundle manifest")
+    _check_keys(manifest, _REQUIRED_TOP, "bundle")
+    if manifest["format_version"] != FORMAT_VERSION:
+        raise AirError(
+            f"manifest: bundle format version {manifest['format_version']} is not supported "
+            f"by this air-run (supports {FORMAT_VERSION}); rebuild the bundle or update air-runtime"
+        )
+    _check_keys(manifest["device"], _REQUIRED_DEVICE, "device")
+    if "target" not in manifest["models"]:
+        raise AirError("manifest: no target model")
+    for role, entry in manifest["models"].items():
+        if role not in MODEL_ROLES:
+            raise AirError(f"manifest: unknown model role '{role}'")
+        _check_keys(entry, _REQUIRED_MODEL, f"models.{role}")
+        _check_keys(entry["kv_cache"], _REQUIRED_KV, f"models.{role}.kv_cache")
+        for key in ("library", "weights"):
+            if entry[key] not in manifest["files"]:
+                raise AirError(f"manifest: models.{role}.{key} '{entry[key]}' is not in the file list")
+    for name in manifest["tokenizer"].get("files", []):
+        if name not in manifest["files"]:
+            raise AirError(f"manifest: tokenizer file '{name}' is not in the file list")
+
+
+def read_manifest(root: Path) -> dict:
+    path = root / MANIFEST_NAME
+    if not root.is_dir():
+        raise AirError(f"{root}: bundle folder not found")
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise AirError(f"{root}: not a bundle (no {MANIFEST_NAME})") from None
+    except (OSError, ValueError) as e:
+        raise AirError(f"{path}: unreadable manifest ({e})") from None
+    validate(manifest)
+    return manifest
+
+
+def verify_files(root: Path, manifest: dict) -> None:
+    """Every listed file present, of the recorded size and hash; nothing else is loaded."""
+    for relpath, record in manifest["files"].items():
+        path = _inside(root, relpath)
+        if not path.is_file():
+            raise AirError(f"{root}: bundle file '{relpath}' is missing")
+        size = path.stat().st_size
+        if size != record["size"]:
+            raise AirError(f"{root}: bundle file '{relpath}' has {size} bytes, manifest says {record['size']} (truncated or replaced)")
+        if sha256_file(path) != record["sha256"]:
+            raise AirError(f"{root}: bundle file '{relpath}' does not match its sha256 in the manifest (modified)")
+
+
+def _inside(root: Path, relpath: str) -> Path:
+    """Refuse paths that would leave the bundle folder."""
+    if os.path.isabs(relpath) or ".." in Path(relpath).parts:
+        raise AirError(f"manifest: file path '{relpath}' leaves the bundle")
+    return root / relpath
+
+
+def write_manifest(root: Path, manifest: dict) -> None:
+    validate(manifest)
+    (root / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")

@@ -1,0 +1,45 @@
+"""Read safetensors files through a memory map, without torch (bf16 is widened to f32)."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AirError
+
+_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I32": np.int32, "U8": np.uint8, "I8": np.int8}
+
+
+class SafetensorsFile:
+    """A memory-mapped safetensors file; bf16 is widened to f32 without torch."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        try:
+            with open(path, "rb") as f:
+                (header_len,) = struct.unpack("<Q", f.read(8))
+                header = json.loads(f.read(header_len))
+        except (OSError, struct.error, ValueError) as e:
+            raise AirError(f"{path}: not a readable safetensors file ({e})") from None
+        header.pop("__metadata__", None)
+        self.entries = header
+        self.data_start = 8 + header_len
+        self.file_size = path.stat().st_size
+
+    def read(self, name: str) -> np.ndarray:
+        entry = self.entries[name]
+        dtype_name = entry["dtype"]
+        if dtype_name not in _DTYPES:
+            raise AirError(f"{self.path}: tensor '{name}' has unsupported dtype {dtype_name}")
+        start, end = entry["data_offsets"]
+        shape = tuple(entry["shape"])
+        if self.data_start + end > self.file_size:
+            raise AirError(f"{self.path}: tensor '{name}' runs past the end of the file (truncated?)")
+        raw = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.data_start + start, shape=(end - start,))
+        array = raw.view(_DTYPES[dtype_name]).reshape(shape)
+        if dtype_name == "BF16":
+            return (array.astype(np.uint32) << 16).view(np.float32)
+        return array
