@@ -1,0 +1,58 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from checkpoints import make_checkpoint  # noqa: E402
+
+from air.compiler.build import compile_bundle  # noqa: E402
+from air.compiler.recipe import load_recipe  # noqa: E402
+
+# Every supported family with the flags that set it apart.
+VARIANTS = {
+    "llama-llama3rope-f16": dict(family="llama", dtype="float16",
+                                 rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+    "llama-bias-tied": dict(family="llama", tied=True, attention_bias=True, kv_heads=4),
+    "qwen2-tied-bf16": dict(family="qwen2", tied=True, dtype="bfloat16", rope_theta=1000000.0),
+    "qwen3-qknorm": dict(family="qwen3", head_dim=32),
+    "mistral-gqa": dict(family="mistral", heads=8, kv_heads=2, sliding_window=4096),
+}
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("checkpoints")
+    return {name: make_checkpoint(root / name, seed=i, **kwargs) for i, (name, kwargs) in enumerate(VARIANTS.items())}
+
+
+@pytest.fixture(scope="session")
+def bundles(checkpoints, tmp_path_factory):
+    """One compiled bundle per variant (target only), built once for the session."""
+    root = tmp_path_factory.mktemp("bundles")
+    recipe = load_recipe("host").with_overrides(max_context=256)
+    built = {}
+    for name, path in checkpoints.items():
+        compile_bundle(str(path), None, recipe, root / name, quiet=True)
+        built[name] = root / name
+    return built
+
+
+@pytest.fixture(scope="session")
+def pair(tmp_path_factory):
+    """A target/draft pair with one tokenizer, compiled together."""
+    root = tmp_path_factory.mktemp("pair")
+    target = make_checkpoint(root / "target", "llama", seed=11)
+    draft = make_checkpoint(root / "draft", "qwen2", hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64, seed=12)
+    bundle = root / "bundle"
+    compile_bundle(str(target), str(draft), load_recipe("host").with_overrides(max_context=128), bundle, quiet=True)
+    return {"target": target, "draft": draft, "bundle": bundle}
+
+
+def cli_env(**extra) -> dict:
+    env = dict(os.environ)
+    env.update(extra)
+    return env
