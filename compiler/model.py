@@ -62,6 +62,23 @@ def _rope(x, inv_freq, start_pos, heads: int, head_dim: int):
     )
 
 
+def _embedding_kernel(vocab: int, width: int):
+    """Row lookup; token ids are checked by the runtime before they get here."""
+
+    @T.prim_func(private=True, s_tir=True)
+    def embed(var_tokens: T.handle, table: T.Buffer((vocab, width), "float32"), var_out: T.handle):
+        T.func_attr({"op_pattern": 8})  # opaque: hand-written, never fused
+        n = T.int64()
+        tokens = T.match_buffer(var_tokens, (n,), "int32")
+        out = T.match_buffer(var_out, (n, width), "float32")
+        for t, i in T.grid(n, width):
+            with T.sblock("embed"):
+                vt, vi = T.axis.remap("SS", [t, i])
+                out[vt, vi] = table[T.Cast("int64", tokens[vt]), vi]
+
+    return embed
+
+
 def _last_row_kernel(width: int):
     @T.prim_func(private=True, s_tir=True)
     def last_row(var_x: T.handle, out: T.Buffer((1, width), "float32")):
@@ -119,7 +136,11 @@ class CausalLM(nn.Module):
         self.rope_inv_freq = nn.Parameter((spec.head_dim // 2,), "float32")
 
     def _hidden(self, tokens, cache, start_pos):
-        x = self.model.embed_tokens(tokens)
+        s = self.spec
+        x = op.tensor_ir_op(
+            _embedding_kernel(s.vocab_size, s.hidden_size), "embed", [tokens, self.model.embed_tokens.weight],
+            nn.Tensor.placeholder((tokens.shape[0], s.hidden_size), "float32"),
+        )
         for index, layer in enumerate(self.model.layers):
             x, cache = layer(x, cache, index, start_pos, self.rope_inv_freq, self.kv)
         return self.model.norm(x), cache

@@ -59,11 +59,14 @@ class MatmulNT(dlight.ScheduleRule):
         rf_block = sch.rfactor(red_inner, factor_axis=len(rows) + 1)
         # rf block loops: col_outer, rows..., col_inner, red_outer, red_inner
         rf_loops = sch.get_loops(rf_block)
-        sch.reorder(rf_loops[-2], rf_loops[-1])
-        sch.vectorize(sch.get_loops(rf_block)[-1])
-        sch.reverse_compute_at(main.block_rv, rf_loops[len(rows) + 1])
+        rf_col_inner, rf_red_outer, rf_red_inner = rf_loops[-3:]
+        # The tile's columns become independent accumulator chains kept in registers.
+        sch.reorder(rf_red_outer, rf_col_inner, rf_red_inner)
+        sch.unroll(rf_col_inner)
+        sch.vectorize(rf_red_inner)
+        sch.reverse_compute_at(main.block_rv, rf_loops[len(rows)])
         sch.parallel(rf_loops[0])
-        sch.decompose_reduction(rf_block, rf_loops[-2])
+        sch.decompose_reduction(rf_block, rf_red_outer)
         if epilogue is not None:
             sch.reverse_compute_at(epilogue.block_rv, rf_loops[0])
         return sch

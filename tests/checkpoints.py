@@ -28,8 +28,8 @@ def make_tokenizer(folder: Path, vocab: int = VOCAB) -> None:
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
     tokenizer.train_from_iterator(_CORPUS * 4, trainer)
     # pad to the exact vocabulary size so config.vocab_size matches
-    while tokenizer.get_vocab_size() < vocab:
-        tokenizer.add_tokens([f"<|extra_{tokenizer.get_vocab_size()}|>"])
+    have = tokenizer.get_vocab_size()
+    tokenizer.add_tokens([f"<|extra_{i}|>" for i in range(have, vocab)])
     tokenizer.save(str(folder / "tokenizer.json"))
     (folder / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|bos|>", "eos_token": "<|eos|>"}))
