@@ -9,17 +9,16 @@ from __future__ import annotations
 import dataclasses
 import os
 import platform
-import time
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import tvm
 
 from .errors import AirError
 from .manifest import read_manifest, verify_files
 from .model import CompiledModel
-from .sampling import choose
+from .generation import Generator
+from .sampling import Sampler
 from .text import TextStream, load_tokenizer
 
 
@@ -119,56 +118,22 @@ class Bundle:
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
+        speculate: int = 0,
         on_text: Callable[[str], None] | None = None,
     ) -> GenerationResult:
+        """Generate up to max_tokens; speculate=k > 0 lets the draft propose k tokens per target pass."""
         if (prompt is None) == (prompt_ids is None):
             raise AirError("give exactly one of a prompt text or prompt token ids")
+        if speculate < 0:
+            raise AirError(f"--speculate must be >= 0, got {speculate}")
         ids = self.encode(prompt) if prompt is not None else list(prompt_ids)
         self._check_prompt(ids)
-        rng = np.random.default_rng(seed)
+        draft = self.draft if speculate > 0 else None
+        generator = Generator(self.target, draft, Sampler(temperature, top_p, seed), self.eos_token_ids)
         stream = TextStream(self.tokenizer)
-        model = self.target
-        model.reset()
-
-        start = time.perf_counter()
-        logits = model.prefill(ids)
-        prefill_seconds = time.perf_counter() - start
-        generated: list[int] = []
-        finish = "length"
-        decode_start = time.perf_counter()
-        first_token_at = None
-        decode_calls = 0
-        while len(generated) < max_tokens:
-            token = choose(logits, temperature, top_p, rng)
-            if first_token_at is None:
-                first_token_at = time.perf_counter()
-            if token in self.eos_token_ids:
-                finish = "stop"
-                break
-            generated.append(token)
-            if on_text is not None:
-                on_text(stream.push(token))
-            if len(generated) == max_tokens:
-                break
-            if model.length >= model.max_context:
-                finish = "context"
-                break
-            logits = model.decode(token)
-            decode_calls += 1
-        end = time.perf_counter()
+        emit = (lambda token: on_text(stream.push(token))) if on_text is not None else (lambda token: None)
+        tokens, finish, stats = generator.run(ids, max_tokens, speculate, emit)
         if on_text is not None:
-            for token in generated[len(stream.ids):]:
-                stream.push(token)
             on_text(stream.flush())
-        decode_seconds = end - decode_start
-        stats = {
-            "prompt_tokens": len(ids),
-            "generated_tokens": len(generated),
-            "prefill_seconds": round(prefill_seconds, 6),
-            "prefill_tokens_per_second": round(len(ids) / prefill_seconds, 3) if prefill_seconds > 0 else None,
-            "decode_seconds": round(decode_seconds, 6),
-            "decode_tokens_per_second": round(decode_calls / decode_seconds, 3) if decode_calls and decode_seconds > 0 else None,
-            "time_to_first_token_seconds": round((first_token_at or end) - start, 6),
-        }
-        text = self.tokenizer.decode(generated, skip_special_tokens=True)
-        return GenerationResult(tokens=generated, text=text, finish_reason=finish, stats=stats)
+        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+        return GenerationResult(tokens=tokens, text=text, finish_reason=finish, stats=stats)

@@ -25,9 +25,11 @@ def _parse_ids(text: str) -> list[int]:
 @click.option("--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True, help="0 is greedy.")
 @click.option("--top-p", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed for sampling (reproducible output).")
+@click.option("--speculate", type=click.IntRange(min=0, max=16), default=0, show_default=True,
+              help="Draft tokens per target pass (0: the target alone).")
 @click.option("--threads", type=click.IntRange(min=0), default=None, help="CPU threads (default: the bundle's recipe; 0 = all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (tokens, text, stats) instead of streaming text.")
-def main(bundle, prompt, prompt_ids, max_tokens, temperature, top_p, seed, threads, as_json):
+def main(bundle, prompt, prompt_ids, max_tokens, temperature, top_p, seed, speculate, threads, as_json):
     """Generate text with a compiled BUNDLE."""
     try:
         if (prompt is None) == (prompt_ids is None):
@@ -38,7 +40,7 @@ def main(bundle, prompt, prompt_ids, max_tokens, temperature, top_p, seed, threa
         ids = _parse_ids(prompt_ids) if prompt_ids is not None else None
         on_text = None if as_json else (lambda delta: (sys.stdout.write(delta), sys.stdout.flush()))
         result = loaded.generate(prompt=prompt, prompt_ids=ids, max_tokens=max_tokens, temperature=temperature,
-                                 top_p=top_p, seed=seed, on_text=on_text)
+                                 top_p=top_p, seed=seed, speculate=speculate, on_text=on_text)
     except AirError as e:
         click.echo(f"air-run: error: {e}", err=True)
         sys.exit(2)
@@ -54,7 +56,9 @@ def main(bundle, prompt, prompt_ids, max_tokens, temperature, top_p, seed, threa
         click.echo(
             f"[{stats['generated_tokens']} tokens, prefill {stats['prefill_tokens_per_second']} tok/s, "
             f"decode {stats['decode_tokens_per_second']} tok/s, first token {stats['time_to_first_token_seconds']:.3f}s, "
-            f"finish: {result.finish_reason}]",
+            f"finish: {result.finish_reason}"
+            + (f", accepted {stats['draft_accepted']}/{stats['draft_proposed']} draft tokens, "
+               f"{stats['tokens_per_target_pass']} tokens per target pass" if speculate else "") + "]",
             err=True,
         )
 

@@ -1,6 +1,9 @@
-"""Choosing the next token from logits: greedy, temperature and nucleus (top-p) sampling."""
+"""Choosing tokens from logits: greedy, temperature and nucleus (top-p) sampling, and the
+acceptance rule of speculative sampling."""
 
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 
@@ -21,8 +24,38 @@ def probabilities(logits: np.ndarray, temperature: float, top_p: float) -> np.nd
     return probs
 
 
-def choose(logits: np.ndarray, temperature: float, top_p: float, rng: np.random.Generator) -> int:
-    if temperature <= 0:
-        return int(np.argmax(logits))
-    probs = probabilities(logits, temperature, top_p)
-    return int(rng.choice(len(probs), p=probs))
+@dataclasses.dataclass
+class Sampler:
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+
+    def __post_init__(self):
+        self.rng = np.random.default_rng(self.seed)
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature <= 0
+
+    def distribution(self, logits: np.ndarray) -> np.ndarray:
+        return probabilities(logits, self.temperature, self.top_p)
+
+    def pick(self, logits: np.ndarray) -> int:
+        if self.greedy:
+            return int(np.argmax(logits))
+        return self.draw(self.distribution(logits))
+
+    def draw(self, probs: np.ndarray) -> int:
+        # inverse CDF: one uniform per token keeps the stream reproducible and cheap
+        index = int(np.searchsorted(np.cumsum(probs), self.rng.random() * probs.sum(), side="right"))
+        return min(index, len(probs) - 1)
+
+    def accepts(self, target_prob: float, draft_prob: float) -> bool:
+        """Speculative sampling: keep a draft token with probability min(1, p/q)."""
+        return self.rng.random() * draft_prob < target_prob
+
+    def residual(self, target_probs: np.ndarray, draft_probs: np.ndarray) -> int:
+        """After a rejection, draw from norm(max(0, p - q)): together exact for p."""
+        rest = np.maximum(target_probs - draft_probs, 0.0)
+        total = rest.sum()
+        return self.draw(rest if total > 0 else target_probs)
