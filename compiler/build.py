@@ -15,7 +15,7 @@ from air.runtime.manifest import FORMAT_NAME, FORMAT_VERSION, file_record, write
 from air.targets import Device, resolve_device
 
 from .checkpoint import TOKENIZER_FILES, Checkpoint, load_checkpoint
-from .kv_layouts import DenseKVLayout
+from .kv_layouts import KVLayout
 from .model import CausalLM
 from .pipeline import compile_module
 from .progress import Progress
@@ -57,7 +57,9 @@ def _eos_token_ids(ckpt: Checkpoint) -> list[int]:
 
 def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, staging: Path, progress: Progress) -> dict:
     spec = ckpt.spec
-    kv = DenseKVLayout(spec, _context_length(ckpt, recipe, progress), recipe.kv_dtype)
+    kv = KVLayout(spec, recipe.kv_cache, _context_length(ckpt, recipe, progress), recipe.kv_sinks, recipe.kv_window)
+    if kv.windowed and kv.window + kv.sinks > kv.max_context:
+        raise AirError(f"recipe {recipe.name}: kv_cache window {kv.window} + sinks {kv.sinks} exceed the context of {kv.max_context}")
     model = CausalLM(spec, kv)
     module, named_params = model.export_tvm(spec=model.export_spec())
     check_tensors(ckpt, named_params)

@@ -11,6 +11,8 @@ import click
 
 from air.runtime.errors import AirError
 
+from .kv_layouts import KINDS
+
 
 def _fail(message: str, status: int = 2):
     click.echo(f"air-build: error: {message}", err=True)
@@ -32,14 +34,15 @@ def main():
 @click.option("--recipe", default="host", show_default=True, help="Recipe name (see `air-build recipes`) or a .yaml path.")
 @click.option("--output", type=click.Path(), help="Bundle folder [default: dist/<target folder name>].")
 @click.option("--max-context", type=click.IntRange(min=16), help="Override the recipe's KV-cache context length.")
+@click.option("--kv-cache", type=click.Choice(KINDS), help="Override the recipe's KV-cache layout.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def compile(target_model, draft_model, recipe, output, max_context, quiet):  # noqa: A001 - the command's name
+def compile(target_model, draft_model, recipe, output, max_context, kv_cache, quiet):  # noqa: A001 - the command's name
     """Compile a target (and draft) model for a device recipe into a bundle."""
     from .recipe import load_recipe
 
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
-        chosen = load_recipe(recipe).with_overrides(max_context=max_context)
+        chosen = load_recipe(recipe).with_overrides(max_context=max_context, kv_cache=kv_cache)
         destination = Path(output) if output else Path("dist") / Path(target_model).resolve().name
         from .build import compile_bundle
 
@@ -100,7 +103,7 @@ def recipes():
     for name in packaged_recipes():
         recipe = load_recipe(name)
         click.echo(f"{name}: device {recipe.device}, {recipe.quantization} weights, "
-                   f"{recipe.kv_dtype} KV cache, context {recipe.max_context}")
+                   f"{recipe.kv_cache} KV cache, context {recipe.max_context}")
 
 
 if __name__ == "__main__":

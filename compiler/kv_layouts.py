@@ -1,11 +1,30 @@
-"""KV-cache layouts: the cache's shape and the TIR kernels that write and read it.
+"""KV-cache layouts: the cache tensors' shapes and the fused TIR kernels that write and read them.
 
-The runtime owns the cache tensor and passes it to every compiled call; these kernels
-update it in place. A layout is one replaceable piece: the decoder only asks it for
-`cache_shape`, `append` and `attend`.
+The runtime owns the cache tensors (it allocates what the manifest lists) and passes them to
+every compiled call; `kv_append` and `kv_attention` update and read them in place. The layout
+is chosen by the recipe and fixed at compile time:
 
-Dense layout: one tensor [layers, 2 (key, value), kv_heads, max_context, head_dim], so that
-one head's keys over all positions are contiguous for the attention loop.
+  f32 / f16          plain values
+  int8               symmetric, one f16 scale per token and head
+  int4               asymmetric, one f16 scale and f16 minimum per token and head,
+                     two values per byte (low nibble first)
+
+Quantize-on-append happens inside `kv_append` (which also applies RoPE to the keys) and
+dequantization inside `kv_attention`'s loops: there is no separate pass over the cache.
+
+Tensors: data [layers, 2 (k, v), kv_heads, capacity, packed head_dim] and, for the integer
+kinds, scales [layers, 2, kv_heads, capacity, 1 or 2] in f16. `capacity` is symbolic: the
+runtime sizes the cache for each request.
+
+Bounded memory (sinks + window, as in StreamingLLM): the first `sinks` positions stay, and a
+ring of `window + slack` slots holds the most recent positions; attention reads the sinks
+and the last `window` positions. The slack lets a call append up to `slack` tokens (a verify
+pass, a prefill chunk) and roll back without losing a kept token. Positions: keys are rotated
+with their true positions when appended, queries with theirs, so every query-to-window
+distance is a real one, at most `window`; once positions have been evicted, the sinks are
+scored as if they sat just before the oldest kept position (the query is rotated a second
+time for them), so no distance exceeds sinks + window and the model never sees a longer
+one than it would in its window.
 """
 
 from __future__ import annotations
@@ -17,105 +36,312 @@ from tvm.script import tirx as T
 
 from .spec import DecoderSpec
 
+KINDS = ("f32", "f16", "int8", "int4")
+_STORAGE = {"f32": "float32", "f16": "float16", "int8": "int8", "int4": "uint8"}
+_ITEMSIZE = {"float32": 4, "float16": 2, "int8": 1, "uint8": 1}
+_SCALES = {"f32": 0, "f16": 0, "int8": 1, "int4": 2}
+
 
 @dataclasses.dataclass(frozen=True)
-class DenseKVLayout:
+class KVLayout:
     spec: DecoderSpec
-    max_context: int
-    dtype: str = "float32"
-
-    name = "dense"
+    kind: str
+    max_context: int  # positions a request may reach when not windowed
+    sinks: int = 0
+    window: int = 0  # 0: keep every position
+    slack: int = 64
 
     @property
-    def cache_shape(self) -> tuple[int, ...]:
+    def windowed(self) -> bool:
+        return self.window > 0
+
+    @property
+    def ring(self) -> int:
+        return self.window + self.slack
+
+    @property
+    def fixed_capacity(self) -> int | None:
+        return self.sinks + self.ring if self.windowed else None
+
+    @property
+    def storage_dtype(self) -> str:
+        return _STORAGE[self.kind]
+
+    @property
+    def packed_dim(self) -> int:
+        return self.spec.head_dim // 2 if self.kind == "int4" else self.spec.head_dim
+
+    @property
+    def scale_count(self) -> int:
+        return _SCALES[self.kind]
+
+    def tensor_shapes(self, capacity) -> list[tuple[tuple, str]]:
+        """(data, scales); the float kinds have no scales and get a one-element placeholder."""
         s = self.spec
-        return (s.num_layers, 2, s.num_kv_heads, self.max_context, s.head_dim)
+        data = ((s.num_layers, 2, s.num_kv_heads, capacity, self.packed_dim), self.storage_dtype)
+        if not self.scale_count:
+            return [data, ((1, 1, 1, 1, 1), "float16")]
+        return [data, ((s.num_layers, 2, s.num_kv_heads, capacity, self.scale_count), "float16")]
 
     @property
     def bytes_per_token(self) -> int:
         s = self.spec
-        return s.num_layers * 2 * s.num_kv_heads * s.head_dim * _itemsize(self.dtype)
+        per_head = self.packed_dim * _ITEMSIZE[self.storage_dtype] + self.scale_count * 2
+        return s.num_layers * 2 * s.num_kv_heads * per_head
 
     def describe(self) -> dict:
+        capacity = self.fixed_capacity or self.max_context
         return {
-            "layout": self.name,
-            "dtype": self.dtype,
-            "shape": list(self.cache_shape),
+            "layout": "windowed" if self.windowed else "dense",
+            "dtype": self.kind,
+            "tensors": [{"shape": list(shape), "dtype": dtype} for shape, dtype in self.tensor_shapes("capacity")],
             "max_context": self.max_context,
+            "sinks": self.sinks,
+            "window": self.window,
+            "fixed_capacity": self.fixed_capacity,
+            "max_append": self.slack if self.windowed else self.max_context,
             "bytes_per_token": self.bytes_per_token,
-            "max_bytes": self.bytes_per_token * self.max_context,
+            "max_bytes": self.bytes_per_token * capacity,
         }
 
+    # -- kernels ---------------------------------------------------------------------------
+
     def append_kernel(self):
-        """cache[layer, :, :, start_pos:start_pos+n, :] = (k, v), in place."""
+        """Rotate the new keys, quantize keys and values, store them at their slots."""
         s = self.spec
-        layers, kv_heads, ctx, dim, dtype = s.num_layers, s.num_kv_heads, self.max_context, s.head_dim, self.dtype
+        layers, kv_heads, dim, half = s.num_layers, s.num_kv_heads, s.head_dim, s.head_dim // 2
+        kind, storage, packed = self.kind, self.storage_dtype, self.packed_dim
+        slot_of = self._slot_macro()
+        store = _STORE_MACROS[kind]
+        scale_shape = self._scale_shape
 
         @T.prim_func(private=True, s_tir=True)
-        def kv_append(var_k: T.handle, var_v: T.handle, var_cache: T.handle, layer: T.int64, start_pos: T.int64):
-            T.func_attr({"op_pattern": 8})  # opaque: hand-written, never fused
+        def kv_append(var_k: T.handle, var_v: T.handle, inv_freq: T.Buffer((half,), "float32"),
+                      var_data: T.handle, var_scales: T.handle, layer: T.int64, start_pos: T.int64):
+            T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True})  # hand-written: never fused or rescheduled
             n = T.int64()
+            capacity = T.int64()
             k = T.match_buffer(var_k, (n, kv_heads, dim), "float32")
             v = T.match_buffer(var_v, (n, kv_heads, dim), "float32")
-            cache = T.match_buffer(var_cache, (layers, 2, kv_heads, ctx, dim), dtype)
-            for t, h, d in T.grid(n, kv_heads, dim):
+            data = T.match_buffer(var_data, (layers, 2, kv_heads, capacity, packed), storage)
+            sc = T.meta_var(scale_shape(capacity))
+            scales = T.match_buffer(var_scales, sc, "float16")
+            for th in T.parallel(n * kv_heads):
                 with T.sblock("append"):
-                    vt, vh, vd = T.axis.remap("SSS", [t, h, d])
-                    cache[layer, 0, vh, start_pos + vt, vd] = T.Cast(dtype, k[vt, vh, vd])
-                    cache[layer, 1, vh, start_pos + vt, vd] = T.Cast(dtype, v[vt, vh, vd])
+                    T.reads(k[0:n, 0:kv_heads, 0:dim], v[0:n, 0:kv_heads, 0:dim], inv_freq[0:half])
+                    T.writes(data[layer, 0:2, 0:kv_heads, 0:capacity, 0:packed],
+                             scales[0:sc[0], 0:sc[1], 0:sc[2], 0:sc[3], 0:sc[4]])
+                    row = T.sblock_alloc_buffer((dim,), "float32")
+                    stat = T.sblock_alloc_buffer((2,), "float32")
+                    t: T.let[T.int64] = th // kv_heads
+                    h: T.let[T.int64] = th % kv_heads
+                    pos: T.let[T.int64] = start_pos + t
+                    slot: T.let[T.int64] = slot_of(pos)
+                    for d in T.serial(dim):
+                        angle: T.let[T.float32] = T.Cast("float32", pos) * inv_freq[d % half]
+                        partner: T.let[T.float32] = T.if_then_else(d < half, -k[t, h, d + half], k[t, h, d - half])
+                        row[d] = k[t, h, d] * T.cos(angle) + partner * T.sin(angle)
+                    store(row, stat, data, scales, layer, 0, h, slot)
+                    for d in T.serial(dim):
+                        row[d] = v[t, h, d]
+                    store(row, stat, data, scales, layer, 1, h, slot)
 
         return kv_append
 
     def attention_kernel(self):
-        """Causal attention of n new queries over the cache up to start_pos + n.
+        """Causal attention of n new queries (un-rotated) over the cache, online softmax.
 
-        One (query, head) pair per parallel task, online softmax over the positions so no
-        score buffer is needed, grouped-query heads share their key/value head.
+        One (query, head) pair per parallel task; grouped-query heads share their key/value
+        head; dequantization happens inside the dot products and the value sum.
         """
         s = self.spec
         layers, heads, kv_heads = s.num_layers, s.num_heads, s.num_kv_heads
-        ctx, dim, dtype = self.max_context, s.head_dim, self.dtype
-        group = heads // kv_heads
+        dim, half, group = s.head_dim, s.head_dim // 2, s.num_heads // s.num_kv_heads
+        storage, packed = self.storage_dtype, self.packed_dim
         scale = 1.0 / math.sqrt(dim)
+        windowed, sinks, window = self.windowed, self.sinks, self.window
+        slot_of = self._slot_macro()
+        scale_shape = self._scale_shape
+        score, accumulate = _SCORE_MACROS[self.kind], _ACCUMULATE_MACROS[self.kind]
+
+        @T.macro
+        def rotate_query(dest, t, h, qpos, inv_freq, q):
+            for d in T.serial(dim):
+                angle: T.let[T.float32] = T.Cast("float32", qpos) * inv_freq[d % half]
+                partner: T.let[T.float32] = T.if_then_else(d < half, -q[t, h, d + half], q[t, h, d - half])
+                dest[d] = (q[t, h, d] * T.cos(angle) + partner * T.sin(angle)) * T.float32(scale)
+
+        @T.macro
+        def visit(query, qsum, st, acc, data, scales, layer, kh, slot):
+            score(query, qsum, st, data, scales, layer, kh, slot)
+            new_max: T.let[T.float32] = T.max(st[0], st[2])
+            alpha: T.let[T.float32] = T.exp(st[0] - new_max)
+            p: T.let[T.float32] = T.exp(st[2] - new_max)
+            st[1] = st[1] * alpha + p
+            st[0] = new_max
+            accumulate(acc, alpha, p, data, scales, layer, kh, slot)
 
         @T.prim_func(private=True, s_tir=True)
-        def kv_attention(var_q: T.handle, var_cache: T.handle, layer: T.int64, start_pos: T.int64, var_out: T.handle):
-            T.func_attr({"op_pattern": 8})  # opaque: hand-written, never fused
+        def kv_attention(var_q: T.handle, inv_freq: T.Buffer((half,), "float32"), var_data: T.handle,
+                         var_scales: T.handle, layer: T.int64, start_pos: T.int64, var_out: T.handle):
+            T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True})  # hand-written: never fused or rescheduled
             n = T.int64()
+            capacity = T.int64()
             q = T.match_buffer(var_q, (n, heads, dim), "float32")
-            cache = T.match_buffer(var_cache, (layers, 2, kv_heads, ctx, dim), dtype)
+            data = T.match_buffer(var_data, (layers, 2, kv_heads, capacity, packed), storage)
+            sc = T.meta_var(scale_shape(capacity))
+            scales = T.match_buffer(var_scales, sc, "float16")
             out = T.match_buffer(var_out, (n, heads, dim), "float32")
             for th in T.parallel(n * heads):
                 with T.sblock("attend"):
-                    q_local = T.sblock_alloc_buffer((dim,), "float32")
-                    acc = T.sblock_alloc_buffer((dim,), "float32")
-                    state = T.sblock_alloc_buffer((3,), "float32")  # running max, denominator, score
-                    T.reads(q[0:n, 0:heads, 0:dim], cache[layer, 0:2, 0:kv_heads, 0:ctx, 0:dim])
+                    T.reads(q[0:n, 0:heads, 0:dim], inv_freq[0:half],
+                            data[layer, 0:2, 0:kv_heads, 0:capacity, 0:packed],
+                            scales[0:sc[0], 0:sc[1], 0:sc[2], 0:sc[3], 0:sc[4]])
                     T.writes(out[0:n, 0:heads, 0:dim])
+                    query = T.sblock_alloc_buffer((dim,), "float32")
+                    acc = T.sblock_alloc_buffer((dim,), "float32")
+                    qsum = T.sblock_alloc_buffer((1,), "float32")
+                    st = T.sblock_alloc_buffer((3,), "float32")  # running max, denominator, score
                     t: T.let[T.int64] = th // heads
                     h: T.let[T.int64] = th % heads
                     kh: T.let[T.int64] = h // group
+                    qpos: T.let[T.int64] = start_pos + t
                     for d in T.serial(dim):
-                        q_local[d] = q[t, h, d] * T.float32(scale)
                         acc[d] = T.float32(0)
-                    state[0] = T.float32(-3.0e38)
-                    state[1] = T.float32(0)
-                    for j in T.serial(start_pos + t + 1):
-                        state[2] = T.float32(0)
-                        for d in T.serial(dim):
-                            state[2] = state[2] + q_local[d] * T.Cast("float32", cache[layer, 0, kh, j, d])
-                        new_max: T.let[T.float32] = T.max(state[0], state[2])
-                        alpha: T.let[T.float32] = T.exp(state[0] - new_max)
-                        p: T.let[T.float32] = T.exp(state[2] - new_max)
-                        state[1] = state[1] * alpha + p
-                        for d in T.serial(dim):
-                            acc[d] = acc[d] * alpha + p * T.Cast("float32", cache[layer, 1, kh, j, d])
-                        state[0] = new_max
+                    st[0] = T.float32(-3.0e38)
+                    st[1] = T.float32(0)
+                    if windowed:
+                        oldest: T.let[T.int64] = T.max(T.int64(sinks), qpos - T.int64(window - 1))
+                        # sinks, scored as if just before the oldest kept position
+                        rotate_query(query, t, h, qpos - oldest + T.int64(sinks), inv_freq, q)
+                        _sum(query, qsum, dim)
+                        for j in T.serial(T.min(T.int64(sinks), qpos + 1)):
+                            visit(query, qsum, st, acc, data, scales, layer, kh, j)
+                        rotate_query(query, t, h, qpos, inv_freq, q)
+                        _sum(query, qsum, dim)
+                        for p in T.serial(qpos + 1 - oldest):
+                            visit(query, qsum, st, acc, data, scales, layer, kh, slot_of(oldest + p))
+                    else:
+                        rotate_query(query, t, h, qpos, inv_freq, q)
+                        _sum(query, qsum, dim)
+                        for p in T.serial(qpos + 1):
+                            visit(query, qsum, st, acc, data, scales, layer, kh, p)
                     for d in T.serial(dim):
-                        out[t, h, d] = acc[d] / state[1]
+                        out[t, h, d] = acc[d] / st[1]
 
         return kv_attention
 
+    def _scale_shape(self, capacity):
+        return self.tensor_shapes(capacity)[1][0]
 
-def _itemsize(dtype: str) -> int:
-    return {"float32": 4, "float16": 2}[dtype]
+    def _slot_macro(self):
+        return _slot_expr(self.sinks, self.ring, self.windowed)
+
+
+def _slot_expr(sinks: int, ring: int, windowed: bool):
+    """Position -> cache slot: identity, or sinks then a ring of `ring` slots."""
+    if not windowed:
+        return lambda pos: pos
+    return lambda pos: T.if_then_else(pos < T.int64(sinks), pos,
+                                      T.int64(sinks) + T.floormod(pos - T.int64(sinks), T.int64(ring)))
+
+
+@T.macro
+def _sum(query, qsum, dim):
+    qsum[0] = T.float32(0)
+    for d in T.serial(dim):
+        qsum[0] = qsum[0] + query[d]
+
+
+# -- per-kind store / score / accumulate (expanded into the kernels at parse time) ---------
+
+@T.macro
+def _store_float(row, stat, data, scales, layer, which, h, slot):
+    for d in T.serial(row.shape[0]):
+        data[layer, which, h, slot, d] = T.Cast(data.dtype, row[d])
+
+
+@T.macro
+def _store_int8(row, stat, data, scales, layer, which, h, slot):
+    stat[0] = T.float32(0)
+    for d in T.serial(row.shape[0]):
+        stat[0] = T.max(stat[0], T.fabs(row[d]))
+    scales[layer, which, h, slot, 0] = T.Cast("float16", T.max(stat[0] / T.float32(127), T.float32(1e-6)))
+    stat[1] = T.Cast("float32", scales[layer, which, h, slot, 0])
+    for d in T.serial(row.shape[0]):
+        data[layer, which, h, slot, d] = T.Cast(
+            "int8", T.max(T.min(T.floor(row[d] / stat[1] + T.float32(0.5)), T.float32(127)), T.float32(-127)))
+
+
+@T.macro
+def _store_int4(row, stat, data, scales, layer, which, h, slot):
+    stat[0] = row[0]
+    stat[1] = row[0]
+    for d in T.serial(row.shape[0]):
+        stat[0] = T.min(stat[0], row[d])
+        stat[1] = T.max(stat[1], row[d])
+    scales[layer, which, h, slot, 1] = T.Cast("float16", stat[0])
+    stat[0] = T.Cast("float32", scales[layer, which, h, slot, 1])
+    scales[layer, which, h, slot, 0] = T.Cast("float16", T.max((stat[1] - stat[0]) / T.float32(15), T.float32(1e-6)))
+    stat[1] = T.Cast("float32", scales[layer, which, h, slot, 0])
+    for j in T.serial(row.shape[0] // 2):
+        data[layer, which, h, slot, j] = T.Cast("uint8", T.max(T.min(
+            T.floor((row[2 * j] - stat[0]) / stat[1] + T.float32(0.5)), T.float32(15)), T.float32(0))) | (
+            T.Cast("uint8", T.max(T.min(
+                T.floor((row[2 * j + 1] - stat[0]) / stat[1] + T.float32(0.5)), T.float32(15)), T.float32(0)))
+            << T.uint8(4))
+
+
+@T.macro
+def _score_float(query, qsum, st, data, scales, layer, kh, slot):
+    st[2] = T.float32(0)
+    for d in T.serial(query.shape[0]):
+        st[2] = st[2] + query[d] * T.Cast("float32", data[layer, 0, kh, slot, d])
+
+
+@T.macro
+def _score_int8(query, qsum, st, data, scales, layer, kh, slot):
+    st[2] = T.float32(0)
+    for d in T.serial(query.shape[0]):
+        st[2] = st[2] + query[d] * T.Cast("float32", data[layer, 0, kh, slot, d])
+    st[2] = st[2] * T.Cast("float32", scales[layer, 0, kh, slot, 0])
+
+
+@T.macro
+def _score_int4(query, qsum, st, data, scales, layer, kh, slot):
+    st[2] = T.float32(0)
+    for j in T.serial(query.shape[0] // 2):
+        st[2] = st[2] + query[2 * j] * T.Cast("float32", data[layer, 0, kh, slot, j] & T.uint8(15)) \
+            + query[2 * j + 1] * T.Cast("float32", data[layer, 0, kh, slot, j] >> T.uint8(4))
+    st[2] = st[2] * T.Cast("float32", scales[layer, 0, kh, slot, 0]) \
+        + qsum[0] * T.Cast("float32", scales[layer, 0, kh, slot, 1])
+
+
+@T.macro
+def _accumulate_float(acc, alpha, p, data, scales, layer, kh, slot):
+    for d in T.serial(acc.shape[0]):
+        acc[d] = acc[d] * alpha + p * T.Cast("float32", data[layer, 1, kh, slot, d])
+
+
+@T.macro
+def _accumulate_int8(acc, alpha, p, data, scales, layer, kh, slot):
+    for d in T.serial(acc.shape[0]):
+        acc[d] = acc[d] * alpha + p * T.Cast("float32", scales[layer, 1, kh, slot, 0]) * T.Cast(
+            "float32", data[layer, 1, kh, slot, d])
+
+
+@T.macro
+def _accumulate_int4(acc, alpha, p, data, scales, layer, kh, slot):
+    for j in T.serial(acc.shape[0] // 2):
+        acc[2 * j] = acc[2 * j] * alpha + p * (
+            T.Cast("float32", data[layer, 1, kh, slot, j] & T.uint8(15)) * T.Cast("float32", scales[layer, 1, kh, slot, 0])
+            + T.Cast("float32", scales[layer, 1, kh, slot, 1]))
+        acc[2 * j + 1] = acc[2 * j + 1] * alpha + p * (
+            T.Cast("float32", data[layer, 1, kh, slot, j] >> T.uint8(4)) * T.Cast("float32", scales[layer, 1, kh, slot, 0])
+            + T.Cast("float32", scales[layer, 1, kh, slot, 1]))
+
+
+_STORE_MACROS = {"f32": _store_float, "f16": _store_float, "int8": _store_int8, "int4": _store_int4}
+_SCORE_MACROS = {"f32": _score_float, "f16": _score_float, "int8": _score_int8, "int4": _score_int4}
+_ACCUMULATE_MACROS = {"f32": _accumulate_float, "f16": _accumulate_float, "int8": _accumulate_int8,
+                      "int4": _accumulate_int4}

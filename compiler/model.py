@@ -15,8 +15,7 @@ from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
 from tvm.script import tirx as T
 
-from .kv_layouts import DenseKVLayout
-from .rope import rope_kernel
+from .kv_layouts import KVLayout
 from .spec import DecoderSpec
 
 
@@ -32,7 +31,7 @@ class Attention(nn.Module):
             self.q_norm = nn.RMSNorm(s.head_dim, -1, s.rms_norm_eps, bias=False)
             self.k_norm = nn.RMSNorm(s.head_dim, -1, s.rms_norm_eps, bias=False)
 
-    def forward(self, x, cache, layer: int, start_pos, inv_freq, kv: DenseKVLayout):
+    def forward(self, x, cache, layer: int, start_pos, inv_freq, kv: KVLayout):
         s = self.spec
         n = x.shape[0]
         q = op.reshape(self.q_proj(x), (n, s.num_heads, s.head_dim))
@@ -40,26 +39,18 @@ class Attention(nn.Module):
         v = op.reshape(self.v_proj(x), (n, s.num_kv_heads, s.head_dim))
         if s.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
-        q = _rope(q, inv_freq, start_pos, s.num_heads, s.head_dim)
-        k = _rope(k, inv_freq, start_pos, s.num_kv_heads, s.head_dim)
         layer_index = tirx.IntImm("int64", layer)
+        data, scales = cache
+        # RoPE is applied inside the cache kernels (keys on append, queries in attention).
         cache = op.tensor_ir_inplace_op(
-            kv.append_kernel(), "kv_append", [k, v, cache, layer_index, start_pos], [2],
-            nn.Tensor.placeholder(kv.cache_shape, kv.dtype),
+            kv.append_kernel(), "kv_append", [k, v, inv_freq, data, scales, layer_index, start_pos], [3, 4],
+            [nn.Tensor.placeholder(data.shape, data.dtype), nn.Tensor.placeholder(scales.shape, scales.dtype)],
         )
         attended = op.tensor_ir_op(
-            kv.attention_kernel(), "kv_attention", [q, cache, layer_index, start_pos],
+            kv.attention_kernel(), "kv_attention", [q, inv_freq, *cache, layer_index, start_pos],
             nn.Tensor.placeholder((n, s.num_heads, s.head_dim), "float32"),
         )
         return self.o_proj(op.reshape(attended, (n, s.num_heads * s.head_dim))), cache
-
-
-def _rope(x, inv_freq, start_pos, heads: int, head_dim: int):
-    n = x.shape[0]
-    return op.tensor_ir_op(
-        rope_kernel(heads, head_dim), "rope", [x, inv_freq, start_pos],
-        nn.Tensor.placeholder((n, heads, head_dim), "float32"),
-    )
 
 
 def _embedding_kernel(vocab: int, width: int):
@@ -67,7 +58,7 @@ def _embedding_kernel(vocab: int, width: int):
 
     @T.prim_func(private=True, s_tir=True)
     def embed(var_tokens: T.handle, table: T.Buffer((vocab, width), "float32"), var_out: T.handle):
-        T.func_attr({"op_pattern": 8})  # opaque: hand-written, never fused
+        T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True})  # hand-written: never fused or rescheduled
         n = T.int64()
         tokens = T.match_buffer(var_tokens, (n,), "int32")
         out = T.match_buffer(var_out, (n, width), "float32")
@@ -82,7 +73,7 @@ def _embedding_kernel(vocab: int, width: int):
 def _last_row_kernel(width: int):
     @T.prim_func(private=True, s_tir=True)
     def last_row(var_x: T.handle, out: T.Buffer((1, width), "float32")):
-        T.func_attr({"op_pattern": 8})  # opaque: hand-written, never fused
+        T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True})  # hand-written: never fused or rescheduled
         n = T.int64()
         x = T.match_buffer(var_x, (n, width), "float32")
         for i in range(width):
@@ -126,7 +117,7 @@ class Backbone(nn.Module):
 
 
 class CausalLM(nn.Module):
-    def __init__(self, spec: DecoderSpec, kv: DenseKVLayout):
+    def __init__(self, spec: DecoderSpec, kv: KVLayout):
         self.spec = spec
         self.kv = kv
         self.model = Backbone(spec)
@@ -167,7 +158,7 @@ class CausalLM(nn.Module):
         return self._logits(hidden)
 
     def export_spec(self) -> dict:
-        cache = nn.spec.Tensor(list(self.kv.cache_shape), self.kv.dtype)
+        cache = [nn.spec.Tensor(list(shape), dtype) for shape, dtype in self.kv.tensor_shapes("capacity")]
         return {
             "prefill": {"tokens": nn.spec.Tensor(["n"], "int32"), "cache": cache, "start_pos": nn.spec.Int(),
                         "$": {"param_mode": "packed", "effect_mode": "none"}},

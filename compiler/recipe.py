@@ -10,10 +10,11 @@ import yaml
 
 from air.runtime.errors import AirError
 
+from .kv_layouts import KINDS
+
 QUANTIZATIONS = ("f32",)
-KV_DTYPES = ("float32",)
 _KEYS = {"device", "quantization", "kv_cache", "threads", "description"}
-_KV_KEYS = {"dtype", "max_context"}
+_KV_KEYS = {"dtype", "max_context", "sinks", "window"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,8 +22,10 @@ class Recipe:
     name: str
     device: str
     quantization: str
-    kv_dtype: str
+    kv_cache: str
     max_context: int
+    kv_sinks: int
+    kv_window: int
     threads: int
     source: dict
 
@@ -83,8 +86,10 @@ def load_recipe(name_or_path: str) -> Recipe:
         name=name,
         device=str(data["device"]),
         quantization=_choice(name, "quantization", data.get("quantization", "f32"), QUANTIZATIONS),
-        kv_dtype=_choice(name, "kv_cache.dtype", kv.get("dtype", "float32"), KV_DTYPES),
+        kv_cache=_choice(name, "kv_cache.dtype", kv.get("dtype", "f32"), KINDS),
         max_context=_positive_int(name, "kv_cache.max_context", kv.get("max_context", 2048), 16),
+        kv_sinks=_positive_int(name, "kv_cache.sinks", kv.get("sinks", 0), 0),
+        kv_window=_positive_int(name, "kv_cache.window", kv.get("window", 0), 0),
         threads=_positive_int(name, "threads", data.get("threads", 0), 0),
         source=data,
     )

@@ -54,11 +54,12 @@ class Generator:
         counters = self.counters = Counters()
         speculate = k > 0 and self.draft is not None
         started = time.perf_counter()
-        self.target.reset()
+        context = len(prompt) + max_tokens + k + 1
+        self.target.reset(context)
         if len(prompt) > 1:
             counters.timed("target", self.target.prefill, prompt[:-1])
         if speculate:
-            self.draft.reset()
+            self.draft.reset(context)
             if len(prompt) > 1:
                 counters.timed("draft", self.draft.prefill, prompt[:-1])
         prefill_done = time.perf_counter()

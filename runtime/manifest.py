@@ -28,8 +28,8 @@ _REQUIRED_TOP = {"format": str, "format_version": int, "name": str, "device": di
                  "tokenizer": dict, "files": dict, "provenance": dict}
 _REQUIRED_MODEL = {"architecture": dict, "quantization": str, "library": str, "weights": str,
                    "params": list, "kv_cache": dict, "vocab_size": int, "weight_bytes": int}
-_REQUIRED_KV = {"layout": str, "dtype": str, "shape": list, "max_context": int,
-                "bytes_per_token": int, "max_bytes": int}
+_REQUIRED_KV = {"layout": str, "dtype": str, "tensors": list, "max_context": int, "sinks": int, "window": int,
+                "max_append": int, "bytes_per_token": int, "max_bytes": int}
 _REQUIRED_DEVICE = {"name": str, "arch": str, "tvm_target": dict, "cpu_features": list}
 
 

@@ -1,8 +1,8 @@
 """One compiled model on the device: its library, weights and KV cache.
 
-The cache is allocated once at the bundle's stated size and every compiled call updates
-it in place; `length` is how many positions are valid, so rolling back is only a change of
-that number.
+The cache tensors are the ones the manifest lists; the runtime sizes them per request
+(`reset(context)`), and every compiled call updates them in place. `length` is how many
+positions are valid, so rolling back is only a change of that number.
 """
 
 from __future__ import annotations
@@ -17,6 +17,9 @@ from tvm.runtime.vm import VirtualMachine
 from .errors import AirError
 from .tensor_file import SafetensorsFile
 
+UNBOUNDED = 2**31 - 1  # positions a windowed cache can reach
+_CAPACITY_STEP = 256
+
 
 class CompiledModel:
     def __init__(self, root: Path, entry: dict, device):
@@ -25,24 +28,58 @@ class CompiledModel:
         library = tvm.runtime.load_module(str(root / entry["library"]))
         self.vm = VirtualMachine(library, device)
         self.params = _load_params(root / entry["weights"], entry["params"], device)
-        kv = entry["kv_cache"]
-        self.max_context = kv["max_context"]
-        self.cache = tvm.runtime.empty(tuple(kv["shape"]), kv["dtype"], device)
+        self.kv = entry["kv_cache"]
         self.vocab_size = entry["vocab_size"]
+        self.windowed = self.kv["layout"] == "windowed"
+        self.max_context = UNBOUNDED if self.windowed else self.kv["max_context"]
+        self.max_append = self.kv["max_append"]
+        self.caches: list = []
+        self.capacity = 0
         self.length = 0
         self._prefill = self.vm["prefill"]
         self._decode = self.vm["decode"]
         self._verify = self.vm["verify"]
 
+    # -- memory -----------------------------------------------------------------------------
+
+    def capacity_for(self, context: int) -> int:
+        """Cache slots a request reaching `context` positions needs."""
+        if self.windowed:
+            return self.kv["fixed_capacity"]
+        rounded = -(-context // _CAPACITY_STEP) * _CAPACITY_STEP
+        return min(max(rounded, 1), self.kv["max_context"])
+
+    def kv_bytes(self, context: int) -> int:
+        return self.kv["bytes_per_token"] * self.capacity_for(context)
+
+    @property
+    def weight_bytes(self) -> int:
+        return self.entry["weight_bytes"]
+
+    def reset(self, context: int | None = None) -> None:
+        """Start a new sequence, with cache room for `context` positions (default: all)."""
+        capacity = self.capacity_for(context if context is not None else self.kv["max_context"])
+        if capacity > self.capacity:
+            self.caches = []  # free the old tensors before allocating the new ones
+            self.caches = [tvm.runtime.empty(tuple(capacity if d == "capacity" else d for d in t["shape"]),
+                                             t["dtype"], self.device) for t in self.kv["tensors"]]
+            self.capacity = capacity
+        self.length = 0
+
+    # -- calls ------------------------------------------------------------------------------
+
     def _check_room(self, count: int) -> None:
-        if self.length + count > self.max_context:
-            raise AirError(
-                f"context full: {self.length} + {count} tokens exceed the bundle's context of {self.max_context}"
-            )
+        if not self.caches:
+            self.reset()
+        limit = self.max_context if self.windowed else self.capacity
+        if self.length + count > limit:
+            raise AirError(f"context full: {self.length} + {count} tokens exceed the cache's {limit} positions")
 
     def _run(self, function, tokens: np.ndarray):
+        if len(tokens) > self.max_append:
+            raise ValueError(f"one call appends at most {self.max_append} tokens, got {len(tokens)}")
         self._check_room(len(tokens))
-        out = function(tvm.runtime.tensor(tokens, self.device), self.cache, tvm_ffi.Shape([self.length]), self.params)
+        out = function(tvm.runtime.tensor(tokens, self.device), self.caches, tvm_ffi.Shape([self.length]), self.params)
         self.length += len(tokens)
         return out.numpy()
 
@@ -50,6 +87,7 @@ class CompiledModel:
         """Feed a prompt (in chunks, to bound activation memory); logits of its last position."""
         tokens = np.asarray(tokens, dtype=np.int32)
         self._check_room(len(tokens))
+        chunk = min(chunk, self.max_append)
         logits = None
         for start in range(0, len(tokens), chunk):
             logits = self._run(self._prefill, tokens[start:start + chunk])
@@ -66,9 +104,6 @@ class CompiledModel:
         if not 0 <= length <= self.length:
             raise ValueError(f"cannot roll back to {length} from {self.length}")
         self.length = length
-
-    def reset(self) -> None:
-        self.length = 0
 
 
 def _load_params(path: Path, names: list[str], device) -> list:
