@@ -109,7 +109,7 @@ def compile_bundle(target_path: str, draft_path: str | None, recipe: Recipe, out
                 "format_version": FORMAT_VERSION,
                 "name": output.name,
                 "device": device.describe(),
-                "runtime": {"threads": recipe.threads},
+                "runtime": {"threads": recipe.threads, "memory_budget_mb": recipe.memory_budget_mb},
                 "models": models,
                 "tokenizer": {"files": tokenizer_files, "eos_token_ids": models["target"]["eos_token_ids"]},
                 "files": {rel: file_record(staging, rel) for rel in files},

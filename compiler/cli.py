@@ -35,14 +35,17 @@ def main():
 @click.option("--output", type=click.Path(), help="Bundle folder [default: dist/<target folder name>].")
 @click.option("--max-context", type=click.IntRange(min=16), help="Override the recipe's KV-cache context length.")
 @click.option("--kv-cache", type=click.Choice(KINDS), help="Override the recipe's KV-cache layout.")
+@click.option("--kv-window", type=click.IntRange(min=0), help="Keep only this many recent positions (0: all).")
+@click.option("--kv-sinks", type=click.IntRange(min=0), help="First positions always kept with a window.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def compile(target_model, draft_model, recipe, output, max_context, kv_cache, quiet):  # noqa: A001 - the command's name
+def compile(target_model, draft_model, recipe, output, max_context, kv_cache, kv_window, kv_sinks, quiet):  # noqa: A001 - the command's name
     """Compile a target (and draft) model for a device recipe into a bundle."""
     from .recipe import load_recipe
 
     signal.signal(signal.SIGTERM, _terminate_as_interrupt)
     try:
-        chosen = load_recipe(recipe).with_overrides(max_context=max_context, kv_cache=kv_cache)
+        chosen = load_recipe(recipe).with_overrides(max_context=max_context, kv_cache=kv_cache,
+                                                    kv_window=kv_window, kv_sinks=kv_sinks)
         destination = Path(output) if output else Path("dist") / Path(target_model).resolve().name
         from .build import compile_bundle
 

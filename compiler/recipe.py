@@ -13,7 +13,7 @@ from air.runtime.errors import AirError
 from .kv_layouts import KINDS
 
 QUANTIZATIONS = ("f32",)
-_KEYS = {"device", "quantization", "kv_cache", "threads", "description"}
+_KEYS = {"device", "quantization", "kv_cache", "threads", "memory_budget_mb", "description"}
 _KV_KEYS = {"dtype", "max_context", "sinks", "window"}
 
 
@@ -27,6 +27,7 @@ class Recipe:
     kv_sinks: int
     kv_window: int
     threads: int
+    memory_budget_mb: int
     source: dict
 
     def with_overrides(self, **changes) -> "Recipe":
@@ -91,5 +92,6 @@ def load_recipe(name_or_path: str) -> Recipe:
         kv_sinks=_positive_int(name, "kv_cache.sinks", kv.get("sinks", 0), 0),
         kv_window=_positive_int(name, "kv_cache.window", kv.get("window", 0), 0),
         threads=_positive_int(name, "threads", data.get("threads", 0), 0),
+        memory_budget_mb=_positive_int(name, "memory_budget_mb", data.get("memory_budget_mb", 0), 0),
         source=data,
     )

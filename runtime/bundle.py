@@ -61,9 +61,12 @@ def _configure_threads(threads: int) -> None:
 
 
 class Bundle:
-    def __init__(self, root: Path, manifest: dict, threads: int):
+    def __init__(self, root: Path, manifest: dict, threads: int, memory_budget_mb: float | None = None):
         self.root = root
         self.manifest = manifest
+        if memory_budget_mb is None:
+            memory_budget_mb = manifest.get("runtime", {}).get("memory_budget_mb", 0)
+        self.memory_budget = int(memory_budget_mb * 2**20)  # 0: no budget
         self.device = tvm.cpu()
         _configure_threads(threads)
         self.tokenizer = load_tokenizer(root)
@@ -72,7 +75,8 @@ class Bundle:
         self.eos_token_ids = set(manifest["tokenizer"].get("eos_token_ids", []))
 
     @classmethod
-    def load(cls, path: str | os.PathLike, threads: int | None = None, verify: bool = True) -> "Bundle":
+    def load(cls, path: str | os.PathLike, threads: int | None = None, verify: bool = True,
+             memory_budget_mb: float | None = None) -> "Bundle":
         root = Path(path)
         manifest = read_manifest(root)
         check_machine(manifest)
@@ -80,7 +84,7 @@ class Bundle:
             verify_files(root, manifest)
         if threads is None:
             threads = int(manifest.get("runtime", {}).get("threads", 0))
-        return cls(root, manifest, threads)
+        return cls(root, manifest, threads, memory_budget_mb)
 
     @property
     def draft(self) -> CompiledModel:
@@ -110,6 +114,30 @@ class Bundle:
                 "(the prompt and at least one generated token must fit)"
             )
 
+    def memory_needed(self, context: int, with_draft: bool) -> dict:
+        """Bytes a request of `context` positions needs: weights plus KV of each model it runs."""
+        models = [("target", self.manifest["models"]["target"])]
+        if with_draft:
+            models.append(("draft", self.manifest["models"]["draft"]))
+        needs = {}
+        for role, entry in models:
+            model = self.target if role == "target" else self.draft
+            needs[role] = {"weights": entry["weight_bytes"], "kv": model.kv_bytes(context)}
+        needs["total"] = sum(n["weights"] + n["kv"] for n in needs.values())
+        return needs
+
+    def _check_memory(self, context: int, draft) -> None:
+        if not self.memory_budget:
+            return
+        needs = self.memory_needed(context, draft is not None)
+        if needs["total"] > self.memory_budget:
+            parts = ", ".join(f"{role} weights {n['weights'] / 2**20:.1f} MiB + KV {n['kv'] / 2**20:.1f} MiB"
+                              for role, n in needs.items() if role != "total")
+            raise AirError(
+                f"request needs {needs['total'] / 2**20:.1f} MiB ({parts} for {context} positions) but the memory "
+                f"budget is {self.memory_budget / 2**20:.2f} MiB; lower --max-tokens or raise --memory-budget"
+            )
+
     def generate(
         self,
         prompt: str | None = None,
@@ -129,6 +157,7 @@ class Bundle:
         ids = self.encode(prompt) if prompt is not None else list(prompt_ids)
         self._check_prompt(ids)
         draft = self.draft if speculate > 0 else None
+        self._check_memory(len(ids) + max_tokens + speculate + 1, draft)
         generator = Generator(self.target, draft, Sampler(temperature, top_p, seed), self.eos_token_ids)
         stream = TextStream(self.tokenizer)
         emit = (lambda token: on_text(stream.push(token))) if on_text is not None else (lambda token: None)

@@ -27,16 +27,18 @@ def _parse_ids(text: str) -> list[int]:
 @click.option("--seed", type=int, default=None, help="Seed for sampling (reproducible output).")
 @click.option("--speculate", type=click.IntRange(min=0, max=16), default=0, show_default=True,
               help="Draft tokens per target pass (0: the target alone).")
+@click.option("--memory-budget", type=click.FloatRange(min=0), default=None,
+              help="MiB the request may use for weights and KV cache (default: the recipe's; 0 = no limit).")
 @click.option("--threads", type=click.IntRange(min=0), default=None, help="CPU threads (default: the bundle's recipe; 0 = all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (tokens, text, stats) instead of streaming text.")
-def main(bundle, prompt, prompt_ids, max_tokens, temperature, top_p, seed, speculate, threads, as_json):
+def main(bundle, prompt, prompt_ids, max_tokens, temperature, top_p, seed, speculate, memory_budget, threads, as_json):
     """Generate text with a compiled BUNDLE."""
     try:
         if (prompt is None) == (prompt_ids is None):
             raise AirError("give exactly one of --prompt or --prompt-ids")
         from .bundle import Bundle
 
-        loaded = Bundle.load(bundle, threads=threads)
+        loaded = Bundle.load(bundle, threads=threads, memory_budget_mb=memory_budget)
         ids = _parse_ids(prompt_ids) if prompt_ids is not None else None
         on_text = None if as_json else (lambda delta: (sys.stdout.write(delta), sys.stdout.flush()))
         result = loaded.generate(prompt=prompt, prompt_ids=ids, max_tokens=max_tokens, temperature=temperature,
