@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import json
 import platform
 import shutil
 from pathlib import Path
@@ -12,6 +13,7 @@ from tokenizers import Tokenizer
 
 from air.runtime.errors import AirError
 from air.runtime.manifest import FORMAT_NAME, FORMAT_VERSION, file_record, write_manifest
+from air.runtime.routing import ROUTING_FILE
 from air.targets import Device, resolve_device
 
 from .checkpoint import TOKENIZER_FILES, Checkpoint, load_checkpoint
@@ -20,6 +22,7 @@ from .model import CausalLM
 from .pipeline import compile_module
 from .progress import Progress
 from .recipe import Recipe
+from .routing import build_table, calibrate, default_prompts
 from .weights import check_tensors, write_weights
 
 AIR_VERSION = "0.1.0"
@@ -84,11 +87,38 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
     }
 
 
+def _add_routing_table(staging: Path, manifest: dict, recipe: Recipe, device: Device, progress: Progress) -> None:
+    if device.name != "host":
+        # Costs on another device need TVM RPC or its profile; until then the runtime has
+        # no table and uses the target alone unless told --speculate.
+        progress.note(f"no routing table: costs on '{device.name}' cannot be measured from this machine")
+        return
+    prompts = recipe_prompts(recipe)
+    measurements = calibrate(staging, prompts, progress)
+    table = build_table(measurements, manifest["models"]["target"]["kv_cache"]["dtype"])
+    (staging / ROUTING_FILE).write_text(json.dumps(table, indent=1) + "\n")
+    manifest["routing"] = ROUTING_FILE
+    manifest["files"][ROUTING_FILE] = file_record(staging, ROUTING_FILE)
+    write_manifest(staging, manifest)
+
+
+def recipe_prompts(recipe: Recipe) -> list[str]:
+    if recipe.calibration_prompts is None:
+        return default_prompts()
+    path = Path(recipe.calibration_prompts)
+    if not path.is_file():
+        raise AirError(f"recipe {recipe.name}: calibration_prompts file {path} not found")
+    prompts = [p for p in path.read_text().split("\n\n") if p.strip()]
+    if not prompts:
+        raise AirError(f"recipe {recipe.name}: calibration_prompts file {path} has no prompts")
+    return prompts
+
+
 def compile_bundle(target_path: str, draft_path: str | None, recipe: Recipe, output: Path,
                    quiet: bool = False) -> dict:
     from .bundle_writer import staged_bundle
 
-    progress = Progress(total_stages=4 if draft_path is None else 6, quiet=quiet)
+    progress = Progress(total_stages=4 if draft_path is None else 7, quiet=quiet)
     device = resolve_device(recipe.device)
     with progress.stage("reading checkpoints"):
         target = load_checkpoint(target_path)
@@ -128,6 +158,9 @@ def compile_bundle(target_path: str, draft_path: str | None, recipe: Recipe, out
                 },
             }
             write_manifest(staging, manifest)
+        if draft is not None:
+            with progress.stage("calibrating the routing table"):
+                _add_routing_table(staging, manifest, recipe, device, progress)
     if not quiet:
         total = sum(r["size"] for r in manifest["files"].values())
         print(f"bundle written to {output} ({total / 1e6:.1f} MB) in {progress.elapsed:.1f}s", flush=True)

@@ -72,10 +72,10 @@ def inspect(bundle, as_json):
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
         return
-    click.echo(_summary(manifest))
+    click.echo(_summary(root, manifest))
 
 
-def _summary(manifest: dict) -> str:
+def _summary(root: Path, manifest: dict) -> str:
     device = manifest["device"]
     total = sum(r["size"] for r in manifest["files"].values())
     lines = [
@@ -92,10 +92,24 @@ def _summary(manifest: dict) -> str:
             f"  kv cache: {kv['layout']} {kv['dtype']}, context {kv['max_context']}, "
             f"{kv['bytes_per_token']} bytes/token, {kv['max_bytes'] / 1e6:.1f} MB at full context",
         ]
+    lines += _routing_summary(manifest)
+    if "routing" in manifest:
+        table = json.loads((root / manifest["routing"]).read_text())
+        for key, row in table["rows"].items():
+            if key.endswith("mem:both"):
+                path = f"speculative k={row['k']}" if row["path"] == "speculative" else row["path"]
+                lines.append(f"  {key[:-len('|mem:both')]:<34} -> {path:<16} {row['expected_tokens_per_second']:>9.1f} tok/s")
     prov = manifest["provenance"]
     lines.append(f"built {prov['built_at']} by air {prov['air_version']} with TVM {prov['tvm_version']}, "
                  f"recipe {prov['recipe']['name']}")
     return "\n".join(lines)
+
+
+def _routing_summary(manifest: dict) -> list[str]:
+    if "routing" not in manifest:
+        return ["routing: no table (the target serves alone unless air-run is given --speculate)"]
+    return [f"routing: table {manifest['routing']} (calibrated; rows with both models in memory shown, "
+            f"see the file for the other memory classes)"]
 
 
 @main.command()

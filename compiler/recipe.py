@@ -13,7 +13,7 @@ from air.runtime.errors import AirError
 from .kv_layouts import KINDS
 
 QUANTIZATIONS = ("f32",)
-_KEYS = {"device", "quantization", "kv_cache", "threads", "memory_budget_mb", "description"}
+_KEYS = {"device", "quantization", "kv_cache", "threads", "memory_budget_mb", "calibration_prompts", "description"}
 _KV_KEYS = {"dtype", "max_context", "sinks", "window"}
 
 
@@ -28,6 +28,7 @@ class Recipe:
     kv_window: int
     threads: int
     memory_budget_mb: int
+    calibration_prompts: str | None
     source: dict
 
     def with_overrides(self, **changes) -> "Recipe":
@@ -93,5 +94,6 @@ def load_recipe(name_or_path: str) -> Recipe:
         kv_window=_positive_int(name, "kv_cache.window", kv.get("window", 0), 0),
         threads=_positive_int(name, "threads", data.get("threads", 0), 0),
         memory_budget_mb=_positive_int(name, "memory_budget_mb", data.get("memory_budget_mb", 0), 0),
+        calibration_prompts=data.get("calibration_prompts"),
         source=data,
     )

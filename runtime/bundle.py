@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import platform
 from pathlib import Path
@@ -16,7 +17,8 @@ import tvm
 
 from .errors import AirError
 from .manifest import read_manifest, verify_files
-from .model import CompiledModel
+from .model import CompiledModel, cache_capacity
+from .routing import Route, lookup, memory_class
 from .generation import Generator
 from .sampling import Sampler
 from .text import TextStream, load_tokenizer
@@ -28,6 +30,7 @@ class GenerationResult:
     text: str
     finish_reason: str  # "stop" (end-of-sequence token), "length" (max_tokens) or "context" (cache full)
     stats: dict
+    route: Route | None = None  # the routing-table row that chose the path, when routed
 
 
 def _cpu_flags() -> set[str] | None:
@@ -73,6 +76,7 @@ class Bundle:
         self.target = CompiledModel(root, manifest["models"]["target"], self.device)
         self._draft = None
         self.eos_token_ids = set(manifest["tokenizer"].get("eos_token_ids", []))
+        self.routing = json.loads((root / manifest["routing"]).read_text()) if "routing" in manifest else None
 
     @classmethod
     def load(cls, path: str | os.PathLike, threads: int | None = None, verify: bool = True,
@@ -114,29 +118,59 @@ class Bundle:
                 "(the prompt and at least one generated token must fit)"
             )
 
-    def memory_needed(self, context: int, with_draft: bool) -> dict:
+    def memory_needed(self, context: int, roles: tuple[str, ...] = ("target",)) -> dict:
         """Bytes a request of `context` positions needs: weights plus KV of each model it runs."""
-        models = [("target", self.manifest["models"]["target"])]
-        if with_draft:
-            models.append(("draft", self.manifest["models"]["draft"]))
         needs = {}
-        for role, entry in models:
-            model = self.target if role == "target" else self.draft
-            needs[role] = {"weights": entry["weight_bytes"], "kv": model.kv_bytes(context)}
+        for role in roles:
+            entry = self.manifest["models"][role]
+            kv = entry["kv_cache"]
+            needs[role] = {"weights": entry["weight_bytes"], "kv": kv["bytes_per_token"] * cache_capacity(kv, context)}
         needs["total"] = sum(n["weights"] + n["kv"] for n in needs.values())
         return needs
 
-    def _check_memory(self, context: int, draft) -> None:
-        if not self.memory_budget:
-            return
-        needs = self.memory_needed(context, draft is not None)
-        if needs["total"] > self.memory_budget:
-            parts = ", ".join(f"{role} weights {n['weights'] / 2**20:.1f} MiB + KV {n['kv'] / 2**20:.1f} MiB"
-                              for role, n in needs.items() if role != "total")
-            raise AirError(
-                f"request needs {needs['total'] / 2**20:.1f} MiB ({parts} for {context} positions) but the memory "
-                f"budget is {self.memory_budget / 2**20:.2f} MiB; lower --max-tokens or raise --memory-budget"
-            )
+    def _fits(self, context: int, roles: tuple[str, ...]) -> bool:
+        return not self.memory_budget or self.memory_needed(context, roles)["total"] <= self.memory_budget
+
+    def _refuse_memory(self, context: int, roles: tuple[str, ...]) -> None:
+        needs = self.memory_needed(context, roles)
+        parts = ", ".join(f"{role} weights {n['weights'] / 2**20:.1f} MiB + KV {n['kv'] / 2**20:.1f} MiB"
+                          for role, n in needs.items() if role != "total")
+        raise AirError(
+            f"request needs {needs['total'] / 2**20:.1f} MiB ({parts} for {context} positions) but the memory "
+            f"budget is {self.memory_budget / 2**20:.2f} MiB; lower --max-tokens or raise --memory-budget"
+        )
+
+    def route(self, prompt_tokens: int, max_tokens: int, quality: str) -> Route:
+        """The routing-table row for this request and the device's memory budget."""
+        has_draft = "draft" in self.manifest["models"]
+        context = prompt_tokens + max_tokens + 1
+        mem = memory_class(
+            fits_both=has_draft and self._fits(context + 8, ("target", "draft")),
+            fits_target=self._fits(context, ("target",)),
+            fits_draft=has_draft and self._fits(context, ("draft",)),
+        )
+        if self.routing is None:
+            kv = self.manifest["models"]["target"]["kv_cache"]["dtype"]
+            path = "target" if mem in ("both", "target") else "refuse"
+            return Route("no routing table", path, 0, kv, None, "the bundle has no routing table: target alone")
+        return lookup(self.routing, quality, prompt_tokens, max_tokens, mem)
+
+    def _plan(self, ids: list[int], max_tokens: int, quality: str, speculate: int | None):
+        """(model, draft, k, route) for this request: forced by `speculate`, else routed."""
+        context = len(ids) + max_tokens + 1
+        if speculate is not None:
+            roles = ("target", "draft") if speculate > 0 else ("target",)
+            if not self._fits(context + speculate, roles):
+                self._refuse_memory(context + speculate, roles)
+            return self.target, (self.draft if speculate > 0 else None), speculate, None
+        route = self.route(len(ids), max_tokens, quality)
+        if route.path == "refuse":
+            self._refuse_memory(context, ("target",))
+        if route.path == "draft":
+            return self.draft, None, 0, route
+        if route.path == "speculative":
+            return self.target, self.draft, route.k, route
+        return self.target, None, 0, route
 
     def generate(
         self,
@@ -146,23 +180,24 @@ class Bundle:
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
-        speculate: int = 0,
+        speculate: int | None = 0,
+        quality: str = "balanced",
         on_text: Callable[[str], None] | None = None,
     ) -> GenerationResult:
-        """Generate up to max_tokens; speculate=k > 0 lets the draft propose k tokens per target pass."""
+        """Generate up to max_tokens. speculate=k > 0: the draft proposes k tokens per target
+        pass; 0: the target alone; None: the routing table chooses for the quality tier."""
         if (prompt is None) == (prompt_ids is None):
             raise AirError("give exactly one of a prompt text or prompt token ids")
-        if speculate < 0:
+        if speculate is not None and speculate < 0:
             raise AirError(f"--speculate must be >= 0, got {speculate}")
         ids = self.encode(prompt) if prompt is not None else list(prompt_ids)
         self._check_prompt(ids)
-        draft = self.draft if speculate > 0 else None
-        self._check_memory(len(ids) + max_tokens + speculate + 1, draft)
-        generator = Generator(self.target, draft, Sampler(temperature, top_p, seed), self.eos_token_ids)
+        model, draft, k, route = self._plan(ids, max_tokens, quality, speculate)
+        generator = Generator(model, draft, Sampler(temperature, top_p, seed), self.eos_token_ids)
         stream = TextStream(self.tokenizer)
         emit = (lambda token: on_text(stream.push(token))) if on_text is not None else (lambda token: None)
-        tokens, finish, stats = generator.run(ids, max_tokens, speculate, emit)
+        tokens, finish, stats = generator.run(ids, max_tokens, k, emit)
         if on_text is not None:
             on_text(stream.flush())
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        return GenerationResult(tokens=tokens, text=text, finish_reason=finish, stats=stats)
+        return GenerationResult(tokens=tokens, text=text, finish_reason=finish, stats=stats, route=route)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 
 import click
 
 from .errors import AirError
+from .routing import TIERS
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -25,13 +27,17 @@ def _parse_ids(text: str) -> list[int]:
 @click.option("--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True, help="0 is greedy.")
 @click.option("--top-p", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=1.0, show_default=True)
 @click.option("--seed", type=int, default=None, help="Seed for sampling (reproducible output).")
-@click.option("--speculate", type=click.IntRange(min=0, max=16), default=0, show_default=True,
-              help="Draft tokens per target pass (0: the target alone).")
+@click.option("--speculate", type=click.IntRange(min=0, max=16), default=None,
+              help="Force the draft length per target pass (0: the target alone). Default: the routing table decides.")
+@click.option("--quality", type=click.Choice(TIERS), default="balanced", show_default=True,
+              help="Quality tier for routing: exact never serves draft-only output; fast may.")
+@click.option("--explain", is_flag=True, help="Say which routing row served the request and why.")
 @click.option("--memory-budget", type=click.FloatRange(min=0), default=None,
               help="MiB the request may use for weights and KV cache (default: the recipe's; 0 = no limit).")
 @click.option("--threads", type=click.IntRange(min=0), default=None, help="CPU threads (default: the bundle's recipe; 0 = all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (tokens, text, stats) instead of streaming text.")
-def main(bundle, prompt, prompt_ids, max_tokens, temperature, top_p, seed, speculate, memory_budget, threads, as_json):
+def main(bundle, prompt, prompt_ids, max_tokens, temperature, top_p, seed, speculate, quality, explain,
+         memory_budget, threads, as_json):
     """Generate text with a compiled BUNDLE."""
     try:
         if (prompt is None) == (prompt_ids is None):
@@ -42,16 +48,20 @@ def main(bundle, prompt, prompt_ids, max_tokens, temperature, top_p, seed, specu
         ids = _parse_ids(prompt_ids) if prompt_ids is not None else None
         on_text = None if as_json else (lambda delta: (sys.stdout.write(delta), sys.stdout.flush()))
         result = loaded.generate(prompt=prompt, prompt_ids=ids, max_tokens=max_tokens, temperature=temperature,
-                                 top_p=top_p, seed=seed, speculate=speculate, on_text=on_text)
+                                 top_p=top_p, seed=seed, speculate=speculate, quality=quality,
+                                 on_text=on_text)
     except AirError as e:
         click.echo(f"air-run: error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("air-run: interrupted", err=True)
         sys.exit(130)
+    if explain:
+        click.echo(_explanation(result, speculate), err=True)
     if as_json:
+        route = dataclasses.asdict(result.route) if result.route else None
         print(json.dumps({"tokens": result.tokens, "text": result.text,
-                          "finish_reason": result.finish_reason, "stats": result.stats}))
+                          "finish_reason": result.finish_reason, "stats": result.stats, "route": route}))
     else:
         sys.stdout.write("\n")
         stats = result.stats
@@ -60,9 +70,20 @@ def main(bundle, prompt, prompt_ids, max_tokens, temperature, top_p, seed, specu
             f"decode {stats['decode_tokens_per_second']} tok/s, first token {stats['time_to_first_token_seconds']:.3f}s, "
             f"finish: {result.finish_reason}"
             + (f", accepted {stats['draft_accepted']}/{stats['draft_proposed']} draft tokens, "
-               f"{stats['tokens_per_target_pass']} tokens per target pass" if speculate else "") + "]",
+               f"{stats['tokens_per_target_pass']} tokens per target pass" if stats["speculate"] else "") + "]",
             err=True,
         )
+
+
+def _explanation(result, speculate) -> str:
+    measured = result.stats["decode_tokens_per_second"]
+    if result.route is None:
+        return f"route: forced by --speculate {speculate}; measured {measured} tokens/s"
+    r = result.route
+    path = f"speculative k={r.k}" if r.path == "speculative" else f"{r.path} alone"
+    expected = f"{r.expected_tokens_per_second} tokens/s" if r.expected_tokens_per_second else "n/a"
+    return (f"route: row '{r.key}' -> {path}, KV {r.kv}; expected {expected}, measured {measured} tokens/s\n"
+            f"why: {r.reason}")
 
 
 if __name__ == "__main__":

@@ -75,6 +75,8 @@ def validate(manifest: dict) -> None:
         for key in ("library", "weights"):
             if entry[key] not in manifest["files"]:
                 raise AirError(f"manifest: models.{role}.{key} '{entry[key]}' is not in the file list")
+    if "routing" in manifest and manifest["routing"] not in manifest["files"]:
+        raise AirError(f"manifest: routing table '{manifest['routing']}' is not in the file list")
     for name in manifest["tokenizer"].get("files", []):
         if name not in manifest["files"]:
             raise AirError(f"manifest: tokenizer file '{name}' is not in the file list")

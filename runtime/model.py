@@ -21,6 +21,14 @@ UNBOUNDED = 2**31 - 1  # positions a windowed cache can reach
 _CAPACITY_STEP = 256
 
 
+def cache_capacity(kv: dict, context: int) -> int:
+    """Cache slots a request reaching `context` positions needs (the manifest's kv_cache entry)."""
+    if kv["fixed_capacity"]:
+        return kv["fixed_capacity"]
+    rounded = -(-context // _CAPACITY_STEP) * _CAPACITY_STEP
+    return min(max(rounded, 1), kv["max_context"])
+
+
 class CompiledModel:
     def __init__(self, root: Path, entry: dict, device):
         self.entry = entry
@@ -43,11 +51,7 @@ class CompiledModel:
     # -- memory -----------------------------------------------------------------------------
 
     def capacity_for(self, context: int) -> int:
-        """Cache slots a request reaching `context` positions needs."""
-        if self.windowed:
-            return self.kv["fixed_capacity"]
-        rounded = -(-context // _CAPACITY_STEP) * _CAPACITY_STEP
-        return min(max(rounded, 1), self.kv["max_context"])
+        return cache_capacity(self.kv, context)
 
     def kv_bytes(self, context: int) -> int:
         return self.kv["bytes_per_token"] * self.capacity_for(context)

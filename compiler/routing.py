@@ -1,0 +1,202 @@
+"""Routing calibration (run inside air-build): measure acceptance per draft length and the
+per-step costs on the compiled models, then fill the static routing table.
+
+Acceptance: the target's greedy continuation of each calibration prompt is generated once,
+and at every position the draft's greedy run is compared with it; replaying the speculative
+loop over those run lengths gives, exactly for greedy decoding, the accepted tokens and the
+tokens per target pass for every k, at the cost of one target pass per token.
+
+Expected speed of a path for a request of P prompt tokens and G generated tokens:
+  time = prefill time of the models it runs (P tokens) + G / decode tokens/s
+  target alone:  1 / t_decode(target)
+  draft alone:   1 / t_decode(draft)
+  speculative k: tokens per target pass(k) / (k * t_decode(draft) + t_verify(target, k + 1))
+(Leviathan et al. 2023).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from air.runtime.routing import (GENERATION_BUCKETS, MEMORY_CLASSES, PROMPT_BUCKETS, TIERS, bucket_names,
+                                 row_key)
+
+MAX_K = 8
+# A representative length for each bucket, for the expected-time formula.
+_PROMPT_REPRESENTATIVE = dict(zip(bucket_names(PROMPT_BUCKETS), (32, 256, 1024)))
+_GENERATION_REPRESENTATIVE = dict(zip(bucket_names(GENERATION_BUCKETS), (16, 128, 512)))
+
+
+def default_prompts() -> list[str]:
+    text = (resources.files("air.recipes") / "calibration.txt").read_text()
+    return [p for p in text.split("\n\n") if p.strip()]
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_costs(bundle, repeats: int = 7) -> dict:
+    """Per-call seconds of the compiled functions on this machine, at a modest context."""
+    rng = np.random.default_rng(0)
+    room = min(bundle.target.max_context, bundle.draft.max_context) - MAX_K - 2
+    context = rng.integers(2, bundle.target.vocab_size, size=min(64, room)).tolist()
+    costs = {}
+    for role, model in (("target", bundle.target), ("draft", bundle.draft)):
+        model.reset(len(context) + MAX_K + 2)
+        model.prefill(context)  # warm up
+
+        def prefill():
+            model.reset(len(context) + MAX_K + 2)
+            model.prefill(context)
+
+        def decode():
+            model.rollback(len(context))
+            model.decode(7)
+
+        costs[f"{role}_prefill_per_token"] = _median_seconds(prefill, max(repeats // 2, 3)) / len(context)
+        prefill()
+        costs[f"{role}_decode"] = _median_seconds(decode, repeats)
+    verify = {}
+    target = bundle.target
+    for k in range(1, MAX_K + 1):
+        def run():
+            target.rollback(len(context))
+            target.verify([7] * (k + 1))
+        verify[str(k)] = _median_seconds(run, repeats)
+    costs["target_verify"] = verify
+    return costs
+
+
+def draft_run_lengths(bundle, prompt_ids: list[int], tokens: int) -> list[int]:
+    """For each position of the target's greedy continuation, how many tokens (up to MAX_K)
+    the draft's own greedy continuation from there gets right."""
+    target, draft = bundle.target, bundle.draft
+    target.reset(len(prompt_ids) + tokens + 1)
+    logits = target.prefill(prompt_ids)
+    truth = []
+    for _ in range(tokens):
+        truth.append(int(np.argmax(logits)))
+        logits = target.decode(truth[-1])
+    draft.reset(len(prompt_ids) + tokens + MAX_K + 1)
+    logits = draft.prefill(prompt_ids)
+    base = draft.length
+    runs = []
+    for i in range(tokens):
+        run, proposal_logits, next_logits = 0, logits, None
+        while run < MAX_K and i + run < tokens and int(np.argmax(proposal_logits)) == truth[i + run]:
+            proposal_logits = draft.decode(truth[i + run])
+            if run == 0:
+                next_logits = proposal_logits
+            run += 1
+        runs.append(run)
+        if next_logits is None:
+            logits = draft.decode(truth[i])
+        else:  # truth[i] is already in the cache from the first proposal step
+            logits = next_logits
+            draft.rollback(base + i + 1)
+    return runs
+
+
+def acceptance_by_k(runs: list[int]) -> dict:
+    """The greedy speculative loop replayed over the run lengths, for every k: exact for greedy."""
+    result = {}
+    for k in range(1, MAX_K + 1):
+        position = passes = accepted = 0
+        while position < len(runs):
+            kept = min(runs[position], k)
+            accepted += kept
+            passes += 1
+            position += kept + 1
+        result[str(k)] = {"acceptance_rate": round(accepted / (passes * k), 4),
+                          "tokens_per_pass": round(position / passes, 4)}
+    return result
+
+
+def measure_acceptance(bundle, prompts: list[str], tokens: int = 48) -> dict:
+    limit = min(bundle.target.max_context, bundle.draft.max_context) - MAX_K - 2
+    runs = []
+    for prompt in prompts:
+        ids = bundle.encode(prompt)[: limit // 2]  # leave room for the continuation
+        runs += draft_run_lengths(bundle, ids, min(tokens, limit - len(ids)))
+    return acceptance_by_k(runs)
+
+
+def _decode_rates(measurements: dict) -> dict[str, float]:
+    costs, acceptance = measurements["costs"], measurements["acceptance"]
+    rates = {"target": 1 / costs["target_decode"], "draft": 1 / costs["draft_decode"]}
+    for k in range(1, MAX_K + 1):
+        round_seconds = k * costs["draft_decode"] + costs["target_verify"][str(k)]
+        rates[f"speculative:{k}"] = acceptance[str(k)]["tokens_per_pass"] / round_seconds
+    return rates
+
+
+def _allowed(candidate: str, tier: str, mem: str) -> bool:
+    if candidate.startswith("speculative"):
+        return mem == "both"
+    if candidate == "target":
+        return mem in ("both", "target")
+    # draft alone: never for exact; for balanced only when the target does not fit
+    return mem != "none" and (tier == "fast" or (tier == "balanced" and mem == "draft"))
+
+
+def build_table(measurements: dict, kv: str) -> dict:
+    """The routing table: a pure function of the measurements (deterministic)."""
+    rates = _decode_rates(measurements)
+    costs = measurements["costs"]
+    rows = {}
+    for tier in TIERS:
+        for prompt_bucket, prompt_tokens in _PROMPT_REPRESENTATIVE.items():
+            for gen_bucket, gen_tokens in _GENERATION_REPRESENTATIVE.items():
+                for mem in MEMORY_CLASSES:
+                    key = f"{tier}|prompt{prompt_bucket}|gen{gen_bucket}|mem:{mem}"
+                    assert key == row_key(tier, prompt_tokens, gen_tokens, mem)
+                    rows[key] = _choose(rates, costs, tier, mem, prompt_tokens, gen_tokens, kv)
+    return {"version": 1, "kv": kv, "decode_tokens_per_second": {c: round(r, 3) for c, r in rates.items()},
+            "measurements": measurements, "rows": rows}
+
+
+def _choose(rates, costs, tier, mem, prompt_tokens, gen_tokens, kv) -> dict:
+    expected = {}
+    for candidate, rate in rates.items():
+        if not _allowed(candidate, tier, mem):
+            continue
+        prefill = prompt_tokens * (costs["draft_prefill_per_token"] if candidate == "draft" else costs["target_prefill_per_token"])
+        if candidate.startswith("speculative"):
+            prefill += prompt_tokens * costs["draft_prefill_per_token"]
+        expected[candidate] = gen_tokens / (prefill + gen_tokens / rate)
+    if not expected:
+        why = "nothing fits the memory budget" if mem == "none" else \
+            f"the {tier} tier never serves draft-only output and the target does not fit the memory budget"
+        return {"path": "refuse", "k": 0, "kv": kv, "expected_tokens_per_second": None, "reason": why}
+    # highest expected speed; ties go to the simpler path (target, then smaller k)
+    order = ["target", "draft"] + [f"speculative:{k}" for k in range(1, MAX_K + 1)]
+    best = max(expected, key=lambda c: (round(expected[c], 6), -order.index(c)))
+    runners = sorted(expected, key=lambda c: -expected[c])[:3]
+    reason = "expected tokens/s " + ", ".join(f"{c} {expected[c]:.1f}" for c in runners) + \
+             f" (prompt ~{prompt_tokens}, generation ~{gen_tokens} tokens)"
+    path, _, k = best.partition(":")
+    return {"path": path, "k": int(k or 0), "kv": kv, "expected_tokens_per_second": round(expected[best], 3),
+            "reason": reason}
+
+
+def calibrate(bundle_path: Path, prompts: list[str], progress) -> dict:
+    from air.runtime import Bundle
+
+    bundle = Bundle.load(bundle_path, verify=False)
+    progress.note(f"acceptance for k = 1..{MAX_K} on {len(prompts)} calibration prompts")
+    acceptance = measure_acceptance(bundle, prompts)
+    progress.note("per-step costs of draft decode, target decode and target verify on this machine")
+    costs = measure_costs(bundle)
+    return {"acceptance": acceptance, "acceptance_source": f"measured: {len(prompts)} prompts, greedy, on the compiled models",
+            "costs": costs, "cost_source": "measured on the build host (the bundle's device)"}

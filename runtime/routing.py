@@ -1,0 +1,68 @@
+"""Static routing: the table's schema and the per-request lookup (no model call, no search).
+
+A row is keyed by the request class (quality tier, prompt-length bucket, generation-length
+bucket) and the memory class (which paths fit the memory budget), and names the path that
+serves it: "target" (target alone), "draft" (draft alone), "speculative" with k draft
+tokens, or "refuse". air-build fills the table from measurements (compiler/routing.py);
+air-run looks the row up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from .errors import AirError
+
+TIERS = ("exact", "balanced", "fast")
+# Upper bounds (inclusive) of the length buckets; the last bucket is open-ended.
+PROMPT_BUCKETS = (64, 512)
+GENERATION_BUCKETS = (32, 256)
+# Which models fit the memory budget for this request.
+MEMORY_CLASSES = ("both", "target", "draft", "none")
+ROUTING_FILE = "routing.json"
+
+
+def bucket(value: int, bounds: tuple[int, ...]) -> str:
+    for bound in bounds:
+        if value <= bound:
+            return f"<={bound}"
+    return f">{bounds[-1]}"
+
+
+def bucket_names(bounds: tuple[int, ...]) -> list[str]:
+    return [f"<={b}" for b in bounds] + [f">{bounds[-1]}"]
+
+
+def row_key(tier: str, prompt_tokens: int, max_tokens: int, memory_class: str) -> str:
+    return f"{tier}|prompt{bucket(prompt_tokens, PROMPT_BUCKETS)}|gen{bucket(max_tokens, GENERATION_BUCKETS)}|mem:{memory_class}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Route:
+    key: str
+    path: str  # target | draft | speculative | refuse
+    k: int
+    kv: str
+    expected_tokens_per_second: float | None
+    reason: str
+
+
+def memory_class(fits_both: bool, fits_target: bool, fits_draft: bool) -> str:
+    if fits_both:
+        return "both"
+    if fits_target:
+        return "target"
+    if fits_draft:
+        return "draft"
+    return "none"
+
+
+def lookup(table: dict, tier: str, prompt_tokens: int, max_tokens: int, mem_class: str) -> Route:
+    if tier not in TIERS:
+        raise AirError(f"unknown quality tier '{tier}' (known: {', '.join(TIERS)})")
+    key = row_key(tier, prompt_tokens, max_tokens, mem_class)
+    row = table["rows"].get(key)
+    if row is None:
+        raise AirError(f"routing table has no row '{key}'")
+    return Route(key=key, path=row["path"], k=row["k"], kv=row["kv"],
+                 expected_tokens_per_second=row.get("expected_tokens_per_second"), reason=row["reason"])

@@ -1,0 +1,93 @@
+"""Static routing: calibration, the table, the lookup, --explain, and memory classes."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from air.compiler.routing import MAX_K, acceptance_by_k, build_table, draft_run_lengths
+from air.runtime import Bundle
+from air.runtime.routing import TIERS
+
+
+def air_run(bundle, *args):
+    return subprocess.run([sys.executable, "-m", "air.runtime", str(bundle), *args], capture_output=True,
+                          text=True, timeout=300)
+
+
+def fake_measurements(acceptance_per_token: float, draft_cost: float = 0.1) -> dict:
+    acceptance = {}
+    for k in range(1, MAX_K + 1):
+        tokens = sum(acceptance_per_token ** i for i in range(k + 1))  # Leviathan et al., expected per pass
+        acceptance[str(k)] = {"acceptance_rate": acceptance_per_token, "tokens_per_pass": tokens}
+    costs = {"target_decode": 1.0, "draft_decode": draft_cost, "target_prefill_per_token": 0.1,
+             "draft_prefill_per_token": 0.01, "target_verify": {str(k): 1.0 + 0.05 * k for k in range(1, MAX_K + 1)}}
+    return {"acceptance": acceptance, "costs": costs, "acceptance_source": "test", "cost_source": "test"}
+
+
+def test_table_is_deterministic_and_follows_the_measurements():
+    good = build_table(fake_measurements(0.8), "f32")
+    assert json.dumps(good, sort_keys=True) == json.dumps(build_table(fake_measurements(0.8), "f32"), sort_keys=True)
+    row = good["rows"]["exact|prompt<=64|gen>256|mem:both"]
+    assert row["path"] == "speculative" and 2 <= row["k"] <= MAX_K
+    never = build_table(fake_measurements(0.0), "f32")
+    for tier in TIERS:
+        assert never["rows"][f"{tier}|prompt<=64|gen>256|mem:both"]["path"] in (
+            ("target",) if tier != "fast" else ("target", "draft"))
+    assert never["rows"]["exact|prompt<=64|gen>256|mem:both"]["path"] == "target"
+
+
+def test_memory_classes_and_tiers():
+    rows = build_table(fake_measurements(0.8), "f32")["rows"]
+    key = "|prompt<=64|gen<=256|mem:"
+    assert rows["exact" + key + "target"]["path"] == "target"  # speculation needs both models in memory
+    assert rows["exact" + key + "draft"]["path"] == "refuse"
+    assert rows["balanced" + key + "draft"]["path"] == "draft"
+    assert rows["fast" + key + "draft"]["path"] == "draft"
+    assert all(rows[f"{tier}{key}none"]["path"] == "refuse" for tier in TIERS)
+    assert rows["balanced" + key + "both"]["path"] != "draft"  # balanced uses the draft alone only when forced
+
+
+def test_replayed_acceptance_matches_the_runtime_loop(pair):
+    bundle = Bundle.load(pair["bundle"])
+    bundle.eos_token_ids = set()
+    prompt = bundle.encode("def read_config(path):")
+    replay = acceptance_by_k(draft_run_lengths(bundle, prompt, 40))
+    for k in (1, 3, 8):
+        stats = bundle.generate(prompt_ids=prompt, max_tokens=40, speculate=k).stats
+        assert replay[str(k)]["tokens_per_pass"] == pytest.approx(40 / stats["target_passes"], abs=1e-3)
+
+
+def test_bundle_carries_a_table_and_a_random_draft_routes_to_the_target(pair):
+    manifest = json.loads((pair["bundle"] / "manifest.json").read_text())
+    assert manifest["routing"] == "routing.json" and "routing.json" in manifest["files"]
+    table = json.loads((pair["bundle"] / "routing.json").read_text())
+    assert set(table["measurements"]["acceptance"]) == {str(k) for k in range(1, MAX_K + 1)}
+    for key, row in table["rows"].items():
+        if key.startswith(("exact", "balanced")) and key.endswith("mem:both"):
+            assert row["path"] == "target", (key, row)
+
+
+def test_explain_names_the_row(pair):
+    result = air_run(pair["bundle"], "--prompt", "import os", "--max-tokens", "8", "--explain", "--quality", "exact")
+    assert result.returncode == 0, result.stderr
+    assert "route: row 'exact|prompt<=64|gen<=32|mem:both' -> target alone" in result.stderr
+    assert "why: expected tokens/s" in result.stderr
+
+
+def test_budget_without_room_for_the_target(pair):
+    bundle = Bundle.load(pair["bundle"])
+    draft_needs = bundle.memory_needed(40, ("draft",))["total"]
+    target_needs = bundle.memory_needed(40, ("target",))["total"]
+    assert draft_needs < target_needs
+    budget = f"{(draft_needs + target_needs) / 2 / 2**20:.4f}"
+    args = ("--prompt", "import os", "--max-tokens", "8", "--memory-budget", budget, "--explain", "--json")
+    for tier in ("balanced", "fast"):
+        result = air_run(pair["bundle"], *args, "--quality", tier)
+        assert result.returncode == 0, result.stderr
+        out = json.loads(result.stdout)
+        assert out["route"]["path"] == "draft" and out["route"]["key"].endswith("mem:draft")
+        assert len(out["tokens"]) == 8
+    refused = air_run(pair["bundle"], *args, "--quality", "exact")
+    assert refused.returncode == 2 and "request needs" in refused.stderr
