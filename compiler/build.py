@@ -11,7 +11,7 @@ from pathlib import Path
 import tvm
 from tokenizers import Tokenizer
 
-from air.runtime.errors import AirError
+from air.errors import AirError
 from air.runtime.manifest import FORMAT_NAME, FORMAT_VERSION, file_record, write_manifest
 from air.runtime.routing import ROUTING_FILE
 from air.targets import Device, resolve_device
@@ -71,7 +71,7 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
     with progress.stage(f"compiling {role} model ({spec.architecture}, {spec.num_layers} layers, "
                         f"hidden {spec.hidden_size}) for {device.tvm_target.get('mcpu', device.arch)}"):
         executable = compile_module(module, device.tvm_target)
-        executable.export_library(str(folder / "model.so"))
+        executable.export_library(str(folder / "model.so"), **device.export_options())
     with progress.stage(f"writing {role} weights ({recipe.quantization})"):
         weight_bytes = write_weights(ckpt, named_params, folder / "weights.safetensors")
     return {

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from air.runtime.errors import AirError
+from air.errors import AirError
 from air.runtime.manifest import MANIFEST_NAME
 
 

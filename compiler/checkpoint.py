@@ -7,7 +7,7 @@ import hashlib
 import json
 from pathlib import Path
 
-from air.runtime.errors import AirError
+from air.errors import AirError
 from air.runtime.tensor_file import SafetensorsFile
 
 from .spec import DecoderSpec, spec_from_config

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import click
 
-from air.runtime.errors import AirError
+from air.errors import AirError
 
 from .kv_layouts import KINDS
 
@@ -110,6 +110,20 @@ def _routing_summary(manifest: dict) -> list[str]:
         return ["routing: no table (the target serves alone unless air-run is given --speculate)"]
     return [f"routing: table {manifest['routing']} (calibrated; rows with both models in memory shown, "
             f"see the file for the other memory classes)"]
+
+
+@main.command()
+def targets():
+    """List the device families and what each needs on this workstation."""
+    from air.targets import NEEDS
+
+    from .recipe import load_recipe, packaged_recipes
+
+    by_device = {}
+    for name in packaged_recipes():
+        by_device.setdefault(load_recipe(name).device, []).append(name)
+    for device, needs in NEEDS.items():
+        click.echo(f"{device}: recipes {', '.join(by_device.get(device, ['-']))}; needs {needs}")
 
 
 @main.command()

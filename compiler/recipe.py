@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from air.runtime.errors import AirError
+from air.errors import AirError
 
 from .kv_layouts import KINDS
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from air.runtime.errors import AirError
+from air.errors import AirError
 
 # Architecture name -> the flags that set it apart.
 FAMILIES = {

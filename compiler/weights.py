@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from air.runtime.errors import AirError
+from air.errors import AirError
 
 from .checkpoint import Checkpoint
 from .rope import inverse_frequencies

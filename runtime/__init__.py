@@ -1,6 +1,6 @@
 """air-run: the on-device half. Imports the TVM runtime only, never the compiler."""
 
-from .errors import AirError
+from air.errors import AirError
 
 
 def __getattr__(name):

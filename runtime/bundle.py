@@ -15,7 +15,8 @@ from typing import Callable
 
 import tvm
 
-from .errors import AirError
+from air.cpu_features import machine_features
+from air.errors import AirError
 from .manifest import read_manifest, verify_files
 from .model import CompiledModel, cache_capacity
 from .routing import Route, lookup, memory_class
@@ -33,24 +34,13 @@ class GenerationResult:
     route: Route | None = None  # the routing-table row that chose the path, when routed
 
 
-def _cpu_flags() -> set[str] | None:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith(("flags", "Features")):
-                    return set(line.split(":", 1)[1].split())
-    except OSError:
-        return None
-    return set()
-
-
 def check_machine(manifest: dict) -> None:
     """Refuse a bundle built for another architecture or for CPU features this machine lacks."""
     device = manifest["device"]
     machine = platform.machine()
     if device["arch"] != machine:
         raise AirError(f"bundle was built for {device['arch']} ({device['name']}); this machine is {machine}")
-    flags = _cpu_flags()
+    flags = machine_features()
     if flags is None:
         return
     missing = [f for f in device["cpu_features"] if f not in flags]

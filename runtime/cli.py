@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from .errors import AirError
+from air.errors import AirError
 from .routing import TIERS
 
 

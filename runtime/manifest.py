@@ -16,7 +16,7 @@ import json
 import os
 from pathlib import Path
 
-from .errors import AirError
+from air.errors import AirError
 
 FORMAT_NAME = "air-bundle"
 FORMAT_VERSION = 1

@@ -14,7 +14,7 @@ import tvm
 import tvm_ffi
 from tvm.runtime.vm import VirtualMachine
 
-from .errors import AirError
+from air.errors import AirError
 from .tensor_file import SafetensorsFile
 
 UNBOUNDED = 2**31 - 1  # positions a windowed cache can reach

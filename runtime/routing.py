@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from .errors import AirError
+from air.errors import AirError
 
 TIERS = ("exact", "balanced", "fast")
 # Upper bounds (inclusive) of the length buckets; the last bucket is open-ended.

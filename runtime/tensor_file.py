@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import AirError
+from air.errors import AirError
 
 _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I32": np.int32, "U8": np.uint8, "I8": np.int8}
 
