@@ -11,6 +11,8 @@ import click
 
 from air.errors import AirError
 
+from air.runtime.archive import SUFFIX, pack
+
 from .kv_layouts import KINDS
 
 
@@ -37,8 +39,9 @@ def main():
 @click.option("--kv-cache", type=click.Choice(KINDS), help="Override the recipe's KV-cache layout.")
 @click.option("--kv-window", type=click.IntRange(min=0), help="Keep only this many recent positions (0: all).")
 @click.option("--kv-sinks", type=click.IntRange(min=0), help="First positions always kept with a window.")
+@click.option("--archive", is_flag=True, help="Also write the bundle as one file, <output>.air, for copying.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def compile(target_model, draft_model, recipe, output, max_context, kv_cache, kv_window, kv_sinks, quiet):  # noqa: A001 - the command's name
+def compile(target_model, draft_model, recipe, output, max_context, kv_cache, kv_window, kv_sinks, archive, quiet):  # noqa: A001 - the command's name
     """Compile a target (and draft) model for a device recipe into a bundle."""
     from .recipe import load_recipe
 
@@ -50,10 +53,34 @@ def compile(target_model, draft_model, recipe, output, max_context, kv_cache, kv
         from .build import compile_bundle
 
         compile_bundle(target_model, draft_model, chosen, destination, quiet=quiet)
+        if archive:
+            _pack(destination, destination.with_name(destination.name + SUFFIX), quiet)
     except AirError as e:
         _fail(str(e))
     except KeyboardInterrupt:
         _fail("interrupted; no bundle was written", 130)
+
+
+def _pack(bundle: Path, archive: Path, quiet: bool) -> None:
+    pack(bundle, archive)
+    if not quiet:
+        click.echo(f"archive written to {archive} ({archive.stat().st_size / 1e6:.1f} MB); "
+                   f"air-run accepts it directly", err=True)
+
+
+@main.command("pack")
+@click.argument("bundle", type=click.Path())
+@click.option("--output", type=click.Path(), help="Archive file [default: <bundle>.air].")
+def pack_command(bundle, output):
+    """Write a bundle as one archive file for copying to a device."""
+    from air.runtime.manifest import read_manifest, verify_files
+
+    try:
+        root = Path(bundle)
+        verify_files(root, read_manifest(root))
+        _pack(root, Path(output) if output else root.with_name(root.name + SUFFIX), False)
+    except AirError as e:
+        _fail(str(e))
 
 
 @main.command()

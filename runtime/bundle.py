@@ -20,6 +20,7 @@ from air.errors import AirError
 from .manifest import read_manifest, verify_files
 from .model import CompiledModel, cache_capacity
 from .routing import Route, lookup, memory_class
+from .archive import is_archive, unpack
 from .generation import Generator
 from .sampling import Sampler
 from .text import TextStream, load_tokenizer
@@ -72,6 +73,8 @@ class Bundle:
     def load(cls, path: str | os.PathLike, threads: int | None = None, verify: bool = True,
              memory_budget_mb: float | None = None) -> "Bundle":
         root = Path(path)
+        if is_archive(root):
+            root = unpack(root)
         manifest = read_manifest(root)
         check_machine(manifest)
         if verify:

@@ -68,3 +68,45 @@ def test_refuses_to_replace_a_folder_that_is_not_a_bundle(tmp_path):
     result = air_build("compile", "--target-model", str(checkpoint), "--output", str(precious))
     assert result.returncode != 0 and "is not a bundle; refusing to replace it" in result.stderr
     assert (precious / "notes.txt").read_text() == "keep me"
+
+
+def test_archive_runs_directly_and_is_verified(pair, tmp_path):
+    import io
+    import tarfile
+
+    from air.runtime import Bundle
+
+    archive = tmp_path / "pair.air"
+    packed = air_build("pack", str(pair["bundle"]), "--output", str(archive))
+    assert packed.returncode == 0, packed.stderr
+    run = subprocess.run([sys.executable, "-m", "air.runtime", str(archive), "--prompt-ids", "5,6,7",
+                          "--max-tokens", "6", "--json", "--speculate", "0"], capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr
+    expected = Bundle.load(pair["bundle"]).generate(prompt_ids=[5, 6, 7], max_tokens=6, speculate=0).tokens
+    assert json.loads(run.stdout)["tokens"] == expected
+    assert (tmp_path / "pair.bundle" / "manifest.json").is_file()  # unpacked once, beside the archive
+
+    # an archive whose weights were altered after packing is refused by the hash check
+    tampered = tmp_path / "tampered.air"
+    with tarfile.open(archive) as source, tarfile.open(tampered, "w") as out:
+        for member in source.getmembers():
+            data = source.extractfile(member).read()
+            if member.name == "target/weights.safetensors":
+                data = data[:-4] + b"\0\0\0\1"
+            out.addfile(member, io.BytesIO(data))
+    bad = subprocess.run([sys.executable, "-m", "air.runtime", str(tampered), "--prompt", "x"],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "target/weights.safetensors" in bad.stderr and "sha256" in bad.stderr
+
+    # members that would leave the folder are refused
+    escape = tmp_path / "escape.air"
+    with tarfile.open(escape, "w") as out:
+        manifest = (pair["bundle"] / "manifest.json").read_bytes()
+        for name, data in (("manifest.json", manifest), ("../evil.txt", b"x")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+    refused = subprocess.run([sys.executable, "-m", "air.runtime", str(escape), "--prompt", "x"],
+                             capture_output=True, text=True)
+    assert refused.returncode == 2 and "cannot unpack" in refused.stderr
+    assert not (tmp_path / "evil.txt").exists()
