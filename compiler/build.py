@@ -6,6 +6,7 @@ import datetime
 import json
 import platform
 import shutil
+import tempfile
 from pathlib import Path
 
 import tvm
@@ -14,7 +15,7 @@ from tokenizers import Tokenizer
 from air.errors import AirError
 from air.runtime.manifest import FORMAT_NAME, FORMAT_VERSION, file_record, write_manifest
 from air.runtime.routing import ROUTING_FILE
-from air.targets import Device, resolve_device
+from air.targets import Device, host_device, resolve_device
 
 from .checkpoint import TOKENIZER_FILES, Checkpoint, load_checkpoint
 from .kv_layouts import KVLayout
@@ -22,6 +23,7 @@ from .model import CausalLM
 from .pipeline import compile_module
 from .progress import Progress
 from .recipe import Recipe
+from .remote import estimate_costs, measure_costs_rpc
 from .routing import build_table, calibrate, default_prompts
 from .weights import check_tensors, write_weights
 
@@ -87,14 +89,32 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
     }
 
 
-def _add_routing_table(staging: Path, manifest: dict, recipe: Recipe, device: Device, progress: Progress) -> None:
-    if device.name != "host":
-        # Costs on another device need TVM RPC or its profile; until then the runtime has
-        # no table and uses the target alone unless told --speculate.
-        progress.note(f"no routing table: costs on '{device.name}' cannot be measured from this machine")
-        return
+def _add_routing_table(staging: Path, manifest: dict, target: Checkpoint, draft: Checkpoint, recipe: Recipe,
+                       device: Device, rpc: str | None, progress: Progress) -> None:
+    """Calibrate on the compiled models and store the table in the bundle.
+
+    Acceptance is a property of the two models: it is measured on the host (on a host build
+    of them when the bundle is for another device). Per-step costs come from the bundle's
+    own libraries: run here when the device is the host, over TVM RPC when an address is
+    given, else estimated from the device profile.
+    """
     prompts = recipe_prompts(recipe)
-    measurements = calibrate(staging, prompts, progress)
+    if device.name == "host":
+        measurements = calibrate(staging, prompts, progress)
+    else:
+        with tempfile.TemporaryDirectory(prefix="air-host-twin-") as twin:
+            progress.note("building a host copy of both models to measure acceptance")
+            quiet = Progress(total_stages=0, quiet=True)
+            _write_bundle(Path(twin), target, draft, recipe, host_device(), f"{manifest['name']}-host", quiet)
+            measurements = calibrate(Path(twin), prompts, progress)
+        if rpc:
+            progress.note(f"per-step costs on the device over TVM RPC ({rpc})")
+            measurements["costs"] = measure_costs_rpc(staging, manifest, rpc)
+            measurements["cost_source"] = f"measured on the device over TVM RPC at {rpc}"
+        else:
+            measurements["costs"] = estimate_costs(measurements["costs"], manifest, device.profile)
+            measurements["cost_source"] = (f"estimated from the device profile ({device.profile}) and the "
+                                           "host-measured cost ratios")
     table = build_table(measurements, manifest["models"]["target"]["kv_cache"]["dtype"])
     (staging / ROUTING_FILE).write_text(json.dumps(table, indent=1) + "\n")
     manifest["routing"] = ROUTING_FILE
@@ -114,8 +134,45 @@ def recipe_prompts(recipe: Recipe) -> list[str]:
     return prompts
 
 
+def _write_bundle(staging: Path, target: Checkpoint, draft: Checkpoint | None, recipe: Recipe, device: Device,
+                  name: str, progress: Progress) -> dict:
+    models = {"target": _compile_one("target", target, recipe, device, staging, progress)}
+    if draft is not None:
+        models["draft"] = _compile_one("draft", draft, recipe, device, staging, progress)
+    with progress.stage("writing manifest"):
+        tokenizer_files = [file for file in TOKENIZER_FILES if (target.path / file).exists()]
+        for file in tokenizer_files:
+            shutil.copyfile(target.path / file, staging / file)
+        files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
+        manifest = {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "name": name,
+            "device": device.describe(),
+            "runtime": {"threads": recipe.threads, "memory_budget_mb": recipe.memory_budget_mb},
+            "models": models,
+            "tokenizer": {"files": tokenizer_files, "eos_token_ids": models["target"]["eos_token_ids"]},
+            "files": {rel: file_record(staging, rel) for rel in files},
+            "provenance": {
+                "air_version": AIR_VERSION,
+                "tvm_version": tvm.__version__,
+                "python": platform.python_version(),
+                "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                "build_host": f"{platform.machine()} {platform.node()}",
+                "recipe": {"name": recipe.name, "settings": recipe.source},
+                "sources": {
+                    role: {"path": str(ckpt.path.resolve()), "files": ckpt.source_hashes()}
+                    for role, ckpt in (("target", target), ("draft", draft)) if ckpt is not None
+                },
+                "stage_seconds": progress.timings,
+            },
+        }
+        write_manifest(staging, manifest)
+    return manifest
+
+
 def compile_bundle(target_path: str, draft_path: str | None, recipe: Recipe, output: Path,
-                   quiet: bool = False) -> dict:
+                   quiet: bool = False, rpc: str | None = None) -> dict:
     from .bundle_writer import staged_bundle
 
     progress = Progress(total_stages=4 if draft_path is None else 7, quiet=quiet)
@@ -126,41 +183,10 @@ def compile_bundle(target_path: str, draft_path: str | None, recipe: Recipe, out
         if draft is not None:
             _check_same_vocabulary(target, draft)
     with staged_bundle(output) as staging:
-        models = {"target": _compile_one("target", target, recipe, device, staging, progress)}
-        if draft is not None:
-            models["draft"] = _compile_one("draft", draft, recipe, device, staging, progress)
-        with progress.stage("writing manifest"):
-            tokenizer_files = [name for name in TOKENIZER_FILES if (target.path / name).exists()]
-            for name in tokenizer_files:
-                shutil.copyfile(target.path / name, staging / name)
-            files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
-            manifest = {
-                "format": FORMAT_NAME,
-                "format_version": FORMAT_VERSION,
-                "name": output.name,
-                "device": device.describe(),
-                "runtime": {"threads": recipe.threads, "memory_budget_mb": recipe.memory_budget_mb},
-                "models": models,
-                "tokenizer": {"files": tokenizer_files, "eos_token_ids": models["target"]["eos_token_ids"]},
-                "files": {rel: file_record(staging, rel) for rel in files},
-                "provenance": {
-                    "air_version": AIR_VERSION,
-                    "tvm_version": tvm.__version__,
-                    "python": platform.python_version(),
-                    "built_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                    "build_host": f"{platform.machine()} {platform.node()}",
-                    "recipe": {"name": recipe.name, "settings": recipe.source},
-                    "sources": {
-                        role: {"path": str(ckpt.path.resolve()), "files": ckpt.source_hashes()}
-                        for role, ckpt in (("target", target), ("draft", draft)) if ckpt is not None
-                    },
-                    "stage_seconds": progress.timings,
-                },
-            }
-            write_manifest(staging, manifest)
+        manifest = _write_bundle(staging, target, draft, recipe, device, output.name, progress)
         if draft is not None:
             with progress.stage("calibrating the routing table"):
-                _add_routing_table(staging, manifest, recipe, device, progress)
+                _add_routing_table(staging, manifest, target, draft, recipe, device, rpc, progress)
     if not quiet:
         total = sum(r["size"] for r in manifest["files"].values())
         print(f"bundle written to {output} ({total / 1e6:.1f} MB) in {progress.elapsed:.1f}s", flush=True)

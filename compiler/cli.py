@@ -21,7 +21,13 @@ def _fail(message: str, status: int = 2):
     sys.exit(status)
 
 
-def _terminate_as_interrupt(signum, frame):
+_interrupted = False
+
+
+def _interrupt(signum, frame):
+    # Raised inside a TVM callback this surfaces as a TVM error, hence the flag.
+    global _interrupted
+    _interrupted = True
     raise KeyboardInterrupt
 
 
@@ -39,26 +45,32 @@ def main():
 @click.option("--kv-cache", type=click.Choice(KINDS), help="Override the recipe's KV-cache layout.")
 @click.option("--kv-window", type=click.IntRange(min=0), help="Keep only this many recent positions (0: all).")
 @click.option("--kv-sinks", type=click.IntRange(min=0), help="First positions always kept with a window.")
+@click.option("--rpc", help="Measure per-step costs on the device over TVM RPC: HOST:PORT of its server, "
+                             "or KEY@HOST:PORT of a tracker.")
 @click.option("--archive", is_flag=True, help="Also write the bundle as one file, <output>.air, for copying.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def compile(target_model, draft_model, recipe, output, max_context, kv_cache, kv_window, kv_sinks, archive, quiet):  # noqa: A001 - the command's name
+def compile(target_model, draft_model, recipe, output, max_context, kv_cache, kv_window, kv_sinks, rpc, archive,
+            quiet):  # noqa: A001 - the command's name
     """Compile a target (and draft) model for a device recipe into a bundle."""
     from .recipe import load_recipe
 
-    signal.signal(signal.SIGTERM, _terminate_as_interrupt)
+    signal.signal(signal.SIGTERM, _interrupt)
+    signal.signal(signal.SIGINT, _interrupt)
     try:
         chosen = load_recipe(recipe).with_overrides(max_context=max_context, kv_cache=kv_cache,
                                                     kv_window=kv_window, kv_sinks=kv_sinks)
         destination = Path(output) if output else Path("dist") / Path(target_model).resolve().name
         from .build import compile_bundle
 
-        compile_bundle(target_model, draft_model, chosen, destination, quiet=quiet)
+        compile_bundle(target_model, draft_model, chosen, destination, quiet=quiet, rpc=rpc)
         if archive:
             _pack(destination, destination.with_name(destination.name + SUFFIX), quiet)
     except AirError as e:
         _fail(str(e))
-    except KeyboardInterrupt:
-        _fail("interrupted; no bundle was written", 130)
+    except BaseException:
+        if _interrupted:
+            _fail("interrupted; no bundle was written", 130)
+        raise
 
 
 def _pack(bundle: Path, archive: Path, quiet: bool) -> None:

@@ -117,7 +117,7 @@ class KVLayout:
 
         @T.prim_func(private=True, s_tir=True)
         def kv_append(var_k: T.handle, var_v: T.handle, inv_freq: T.Buffer((half,), "float32"),
-                      var_data: T.handle, var_scales: T.handle, layer: T.int64, start_pos: T.int64):
+                      var_data: T.handle, var_scales: T.handle, start: T.Buffer((1,), "int64"), layer: T.int64):
             T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True})  # hand-written: never fused or rescheduled
             n = T.int64()
             capacity = T.int64()
@@ -128,14 +128,14 @@ class KVLayout:
             scales = T.match_buffer(var_scales, sc, "float16")
             for th in T.parallel(n * kv_heads):
                 with T.sblock("append"):
-                    T.reads(k[0:n, 0:kv_heads, 0:dim], v[0:n, 0:kv_heads, 0:dim], inv_freq[0:half])
+                    T.reads(k[0:n, 0:kv_heads, 0:dim], v[0:n, 0:kv_heads, 0:dim], inv_freq[0:half], start[0:1])
                     T.writes(data[layer, 0:2, 0:kv_heads, 0:capacity, 0:packed],
                              scales[0:sc[0], 0:sc[1], 0:sc[2], 0:sc[3], 0:sc[4]])
                     row = T.sblock_alloc_buffer((dim,), "float32")
                     stat = T.sblock_alloc_buffer((2,), "float32")
                     t: T.let[T.int64] = th // kv_heads
                     h: T.let[T.int64] = th % kv_heads
-                    pos: T.let[T.int64] = start_pos + t
+                    pos: T.let[T.int64] = start[0] + t
                     slot: T.let[T.int64] = slot_of(pos)
                     for d in T.serial(dim):
                         angle: T.let[T.float32] = T.Cast("float32", pos) * inv_freq[d % half]
@@ -183,7 +183,7 @@ class KVLayout:
 
         @T.prim_func(private=True, s_tir=True)
         def kv_attention(var_q: T.handle, inv_freq: T.Buffer((half,), "float32"), var_data: T.handle,
-                         var_scales: T.handle, layer: T.int64, start_pos: T.int64, var_out: T.handle):
+                         var_scales: T.handle, start: T.Buffer((1,), "int64"), layer: T.int64, var_out: T.handle):
             T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True})  # hand-written: never fused or rescheduled
             n = T.int64()
             capacity = T.int64()
@@ -194,7 +194,7 @@ class KVLayout:
             out = T.match_buffer(var_out, (n, heads, dim), "float32")
             for th in T.parallel(n * heads):
                 with T.sblock("attend"):
-                    T.reads(q[0:n, 0:heads, 0:dim], inv_freq[0:half],
+                    T.reads(q[0:n, 0:heads, 0:dim], inv_freq[0:half], start[0:1],
                             data[layer, 0:2, 0:kv_heads, 0:capacity, 0:packed],
                             scales[0:sc[0], 0:sc[1], 0:sc[2], 0:sc[3], 0:sc[4]])
                     T.writes(out[0:n, 0:heads, 0:dim])
@@ -205,7 +205,7 @@ class KVLayout:
                     t: T.let[T.int64] = th // heads
                     h: T.let[T.int64] = th % heads
                     kh: T.let[T.int64] = h // group
-                    qpos: T.let[T.int64] = start_pos + t
+                    qpos: T.let[T.int64] = start[0] + t
                     for d in T.serial(dim):
                         acc[d] = T.float32(0)
                     st[0] = T.float32(-3.0e38)

@@ -43,11 +43,11 @@ class Attention(nn.Module):
         data, scales = cache
         # RoPE is applied inside the cache kernels (keys on append, queries in attention).
         cache = op.tensor_ir_inplace_op(
-            kv.append_kernel(), "kv_append", [k, v, inv_freq, data, scales, layer_index, start_pos], [3, 4],
+            kv.append_kernel(), "kv_append", [k, v, inv_freq, data, scales, start_pos, layer_index], [3, 4],
             [nn.Tensor.placeholder(data.shape, data.dtype), nn.Tensor.placeholder(scales.shape, scales.dtype)],
         )
         attended = op.tensor_ir_op(
-            kv.attention_kernel(), "kv_attention", [q, inv_freq, *cache, layer_index, start_pos],
+            kv.attention_kernel(), "kv_attention", [q, inv_freq, *cache, start_pos, layer_index],
             nn.Tensor.placeholder((n, s.num_heads, s.head_dim), "float32"),
         )
         return self.o_proj(op.reshape(attended, (n, s.num_heads * s.head_dim))), cache
@@ -141,29 +141,32 @@ class CausalLM(nn.Module):
             return op.matmul(hidden, op.permute_dims(self.model.embed_tokens.weight))
         return self.lm_head(hidden)
 
-    def prefill(self, tokens, cache, start_pos):
-        hidden, cache = self._hidden(tokens, cache, start_pos)
+    # Every argument is a tensor (no tuples, no shapes) so that the functions can also be
+    # called over TVM RPC for measurement: (tokens, cache data, cache scales, start [1] int64, *weights).
+    def prefill(self, tokens, cache_data, cache_scales, start):
+        hidden, _ = self._hidden(tokens, (cache_data, cache_scales), start)
         last = op.tensor_ir_op(
             _last_row_kernel(self.spec.hidden_size), "last_row", [hidden],
             nn.Tensor.placeholder((1, self.spec.hidden_size), "float32"),
         )
         return self._logits(last)
 
-    def decode(self, token, cache, start_pos):
-        hidden, cache = self._hidden(token, cache, start_pos)
+    def decode(self, token, cache_data, cache_scales, start):
+        hidden, _ = self._hidden(token, (cache_data, cache_scales), start)
         return self._logits(hidden)
 
-    def verify(self, tokens, cache, start_pos):
-        hidden, cache = self._hidden(tokens, cache, start_pos)
+    def verify(self, tokens, cache_data, cache_scales, start):
+        hidden, _ = self._hidden(tokens, (cache_data, cache_scales), start)
         return self._logits(hidden)
 
     def export_spec(self) -> dict:
-        cache = [nn.spec.Tensor(list(shape), dtype) for shape, dtype in self.kv.tensor_shapes("capacity")]
+        (data_shape, data_dtype), (scales_shape, scales_dtype) = self.kv.tensor_shapes("capacity")
+        common = {"cache_data": nn.spec.Tensor(list(data_shape), data_dtype),
+                  "cache_scales": nn.spec.Tensor(list(scales_shape), scales_dtype),
+                  "start": nn.spec.Tensor([1], "int64"),
+                  "$": {"param_mode": "plain", "effect_mode": "none"}}
         return {
-            "prefill": {"tokens": nn.spec.Tensor(["n"], "int32"), "cache": cache, "start_pos": nn.spec.Int(),
-                        "$": {"param_mode": "packed", "effect_mode": "none"}},
-            "decode": {"token": nn.spec.Tensor([1], "int32"), "cache": cache, "start_pos": nn.spec.Int(),
-                       "$": {"param_mode": "packed", "effect_mode": "none"}},
-            "verify": {"tokens": nn.spec.Tensor(["n"], "int32"), "cache": cache, "start_pos": nn.spec.Int(),
-                       "$": {"param_mode": "packed", "effect_mode": "none"}},
+            "prefill": {"tokens": nn.spec.Tensor(["n"], "int32"), **common},
+            "decode": {"token": nn.spec.Tensor([1], "int32"), **common},
+            "verify": {"tokens": nn.spec.Tensor(["n"], "int32"), **common},
         }

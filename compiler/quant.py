@@ -21,13 +21,16 @@ Call order (build_linear_funcs returns both PrimFuncs):
   2. matmul(xq, xd, xs, qs, scales) -> y [m, N] f32
 One quantize_rows result can feed every matmul that reads the same x (q/k/v, gate/up).
 
-Packed weights (pack()): rows padded to tiles of 16 (T = ceil(N / 16) tiles), B = K / 32 blocks:
-  qs      uint8   [T, B, 512] (q8) or [T, B, 256] (q4)
+Packed weights (pack()): output rows padded to tiles of 16 (T = ceil(N / 16) tiles), B = K / 32
+blocks. Each (tile t, block b) is one packed row; rows go chunk by chunk of CHUNK blocks, within a
+chunk tile by tile, within a tile block by block (_positions), so that a core streams its tiles'
+share of a chunk from one contiguous range.
+  qs      uint8   [T * B, 512] (q8) or [T * B, 256] (q4)
           q8: byte 64*j + 4*l + c holds row 16t+l, k = 32b + 4j + c            (j = 0..7)
           q4: byte 64*j + 4*l + c holds row 16t+l: low nibble k = 32b + 4j + c,
               high nibble k = 32b + 16 + 4j + c                                  (j = 0..3)
           so one 64-byte load is one vpdpbusd operand: 16 rows (one i32 lane each) x 4 k.
-  scales  float16 [T, B, 16] (q8: d) or [T, B, 32] (q4: d for the 16 rows, then their mn)
+  scales  float16 [T * B, 16] (q8: d) or [T * B, 32] (q4: d for the 16 rows, then their mn)
 """
 
 from __future__ import annotations
@@ -39,7 +42,8 @@ from tvm.target import Target, codegen
 SCHEMES = ("q4", "q8")
 BLOCK = 32  # weights and activations share one scale per 32 consecutive k
 TILE = 16  # output rows per tile: one int32 lane of a 512-bit register each
-ROWS = 8  # activation rows computed together (each tile block is unpacked once for them)
+SERIAL_QUANTIZE = 8192  # m * K below which quantize_rows runs on one thread (a few microseconds)
+CHUNK = 32  # K blocks walked per tile before moving to the next tile (activations stay in L1)
 _QBYTES = {"q8": 512, "q4": 256}  # packed bytes per tile and block
 _NSCALES = {"q8": 16, "q4": 32}
 
@@ -78,7 +82,17 @@ def pack(weight: np.ndarray, scheme: str) -> dict[str, np.ndarray]:
         w = w.reshape(t1 - t0, TILE, blocks, BLOCK).transpose(0, 2, 1, 3)
         quantize = _quantize_q8 if scheme == "q8" else _quantize_q4
         qs[t0:t1], scales[t0:t1] = quantize(w)
-    return {"qs": qs, "scales": scales}
+    order = _positions(tiles, blocks).ravel().argsort()  # packed row -> (tile, block) in row-major order
+    return {"qs": qs.reshape(tiles * blocks, -1)[order], "scales": scales.reshape(tiles * blocks, -1)[order]}
+
+
+def _positions(tiles: int, blocks: int) -> np.ndarray:
+    """[tiles, blocks] -> packed row: chunk-major, then tile, then block within the chunk.
+
+    A core walks chunk c of its range of tiles as one contiguous stream, like the kernel."""
+    t, b = np.meshgrid(np.arange(tiles), np.arange(blocks), indexing="ij")
+    c = b // CHUNK
+    return c * CHUNK * tiles + t * np.minimum(CHUNK, blocks - c * CHUNK) + b % CHUNK
 
 
 def _quantize_q8(w: np.ndarray):
@@ -110,8 +124,10 @@ def _safe_inverse(d: np.ndarray) -> np.ndarray:
 def dequantize(packed: dict[str, np.ndarray], scheme: str, n: int, k: int) -> np.ndarray:
     """The f32 weight [N, K] the kernel effectively multiplies with (d * q, or d * q + mn)."""
     _check(scheme, n, k)
-    qs, scales = packed["qs"], packed["scales"].astype(np.float32)
     tiles, blocks = _tiles(n), k // BLOCK
+    rows = _positions(tiles, blocks).ravel()
+    qs = packed["qs"][rows].reshape(tiles, blocks, -1)
+    scales = packed["scales"][rows].reshape(tiles, blocks, -1).astype(np.float32)
     if scheme == "q8":
         q = qs.reshape(tiles, blocks, 8, TILE, 4).transpose(0, 1, 3, 2, 4).reshape(tiles, blocks, TILE, BLOCK)
         w = (q.astype(np.float32) - 128) * scales[..., None]
@@ -148,19 +164,34 @@ def activations_f32(xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
 
 # -- kernels (TIR) ---------------------------------------------------------------------------------
 
+def dot_path(target: Target) -> str:
+    """How the target computes 4-byte dot products, best first (see DOT_PATHS)."""
+    def has(*features):
+        return bool(codegen.llvm_cpu_has_features(list(features), target))
+
+    if has("avx512vnni", "avx512bw"):
+        return "vnni"
+    if has("avx512bw"):
+        return "avx512"
+    if has("avx2"):
+        return "avx2"
+    if has("dotprod"):
+        return "sdot"
+    return "generic"
+
+
 def has_vnni(target: Target) -> bool:
-    return "x86" in str(target.attrs.get("mtriple", "x86_64")) and \
-        bool(codegen.llvm_cpu_has_features(["avx512vnni", "avx512bw"], target))
+    return dot_path(target) == "vnni"
 
 
-def build_linear_funcs(scheme: str, n: int, k: int, target: Target, vnni: bool | None = None):
+def build_linear_funcs(scheme: str, n: int, k: int, target: Target, path: str | None = None):
     """[(name, PrimFunc)]: quantize_rows then matmul; see the module docstring for the buffers."""
     return [(f"quantize_rows_k{k}", quantize_kernel(k)),
-            (f"matmul_{scheme}_n{n}_k{k}", matmul_kernel(scheme, n, k, target, vnni))]
+            (f"matmul_{scheme}_n{n}_k{k}", matmul_kernel(scheme, n, k, target, path))]
 
 
 def quantize_kernel(k: int):
-    """(x [m, K] f32, xq [m, K/4] i32, xd [m, K/32] f32, xs [m, K/32] f32), one task per row."""
+    """(x [m, K] f32, xq [m, K/4] i32, xd [m, K/32] f32, xs [m, K/32] f32): one row at a time."""
     _check("q8", 1, k)
     blocks = k // BLOCK
 
@@ -177,6 +208,15 @@ def quantize_kernel(k: int):
             "int32", "llvm.vector.reduce.add", q[T.ramp(0, 1, BLOCK)]))
         xq[row, T.ramp(b * 8, 1, 8)] = T.reinterpret("int32x8", T.Cast("int8x32", q[T.ramp(0, 1, BLOCK)]))
 
+    @T.macro
+    def quantize_row(x, xq, xd, xs, row):
+        with T.sblock("quantize"):
+            T.reads(x[row, 0:k])
+            T.writes(xq[row, 0:k // 4], xd[row, 0:blocks], xs[row, 0:blocks])
+            q = T.sblock_alloc_buffer((BLOCK,), "int32")
+            for b in T.serial(blocks):
+                quantize_block(x, xq, xd, xs, q, row, b)
+
     @T.prim_func(private=True, s_tir=True)
     def quantize_rows(var_x: T.handle, var_xq: T.handle, var_xd: T.handle, var_xs: T.handle):
         T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True})  # hand-written: never fused or rescheduled
@@ -185,86 +225,127 @@ def quantize_kernel(k: int):
         xq = T.match_buffer(var_xq, (m, k // 4), "int32")
         xd = T.match_buffer(var_xd, (m, blocks), "float32")
         xs = T.match_buffer(var_xs, (m, blocks), "float32")
-        for row in T.parallel(m):
-            with T.sblock("quantize"):
-                T.reads(x[row, 0:k])
-                T.writes(xq[row, 0:k // 4], xd[row, 0:blocks], xs[row, 0:blocks])
-                q = T.sblock_alloc_buffer((BLOCK,), "int32")
-                for b in T.serial(blocks):
-                    quantize_block(x, xq, xd, xs, q, row, b)
+        if m * k < SERIAL_QUANTIZE:
+            for row in T.serial(m):  # decode and verify: waking the other threads costs more
+                quantize_row(x, xq, xd, xs, row)
+        else:
+            for row in T.parallel(m):
+                quantize_row(x, xq, xd, xs, row)
 
     return quantize_rows
 
 
-def matmul_kernel(scheme: str, n: int, k: int, target: Target, vnni: bool | None = None):
+def matmul_kernel(scheme: str, n: int, k: int, target: Target, path: str | None = None):
     """(xq, xd, xs, qs, scales, y [m, N] f32): y = dequantized x @ dequantized W.T.
 
-    One parallel task per tile of 16 output rows; inside it, activation rows go in groups of
-    ROWS (then one group of the remaining m % ROWS), and each group walks the K blocks once,
-    unpacking every weight block into registers once for all its rows. vnni=None: use
-    vpdpbusd when the target has AVX-512 VNNI, else the portable integer path.
+    The tiles of 16 output rows are split into one contiguous range per core (the target's
+    num-cores). Each task walks K in chunks of CHUNK blocks and, per chunk, its tiles; per tile
+    the activation rows go in groups (as many as the registers hold, then one group of the
+    remaining rows), each group unpacking every weight block once for all its rows. The
+    chunking keeps the activations a group reads (8 rows x 1 KB) in L1 while the weights stream
+    past: with whole rows of K = 4864 they fell out of L1 and a 5-row call took 3x a 1-row call
+    instead of 1.4x. path: one of DOT_PATHS, by default the target's best (dot_path).
     """
     _check(scheme, n, k)
-    if vnni is None:
-        vnni = has_vnni(target)
+    path = path or dot_path(target)
+    if path not in DOT_PATHS:
+        raise ValueError(f"unknown dot product path '{path}' (known: {', '.join(DOT_PATHS)})")
+    q4 = scheme == "q4"
+    rows, signed, make_dot4 = DOT_PATHS[path]
+    dot4 = make_dot4(q4)
     tiles, full_tiles, blocks = _tiles(n), n // TILE, k // BLOCK
     qbytes, nscales = _QBYTES[scheme], _NSCALES[scheme]
-    q4 = scheme == "q4"
-    dot4 = _vnni_dot4 if vnni else _portable_dot4
+    tasks = max(1, min(tiles, int(target.attrs.get("num-cores", 1))))
+    chunks = -(-blocks // CHUNK)
 
     @T.macro
-    def unpack(w, qs, t, b):
-        # w[j] is the unsigned operand for activation word j of the block (k = 4j .. 4j + 3).
+    def dots(dot, w, xq, count, row0, b, j):
+        for r in T.unroll(count):
+            dot4(dot, w, r, j, xq[row0 + r, b * 8 + j])
+
+    @T.macro
+    def block_dots(dot, w, qs, xq, p, count, row0, b):
+        # w[j] is the weight operand for activation word j of the block (k = 4j .. 4j + 3),
+        # unpacked once for all rows of the group.
+        for r in T.unroll(count):
+            dot[r, T.ramp(0, 1, TILE)] = T.Broadcast(T.int32(0), TILE)
         if q4:
             for j in T.unroll(4):
-                w[j, T.ramp(0, 1, 64)] = qs[t, b, T.ramp(j * 64, 1, 64)] & T.Broadcast(T.uint8(15), 64)
-                w[j + 4, T.ramp(0, 1, 64)] = qs[t, b, T.ramp(j * 64, 1, 64)] >> T.Broadcast(T.uint8(4), 64)
+                w[j, T.ramp(0, 1, 64)] = qs[p, T.ramp(j * 64, 1, 64)] & T.Broadcast(T.uint8(15), 64)
+                dots(dot, w, xq, count, row0, b, j)
+                w[j + 4, T.ramp(0, 1, 64)] = qs[p, T.ramp(j * 64, 1, 64)] >> T.Broadcast(T.uint8(4), 64)
+                dots(dot, w, xq, count, row0, b, j + 4)
+        elif signed:
+            for j in T.unroll(8):  # q + 128 -> q: flip the top bit
+                w[j, T.ramp(0, 1, 64)] = qs[p, T.ramp(j * 64, 1, 64)] ^ T.Broadcast(T.uint8(128), 64)
+                dots(dot, w, xq, count, row0, b, j)
         else:
             for j in T.unroll(8):
-                w[j, T.ramp(0, 1, 64)] = qs[t, b, T.ramp(j * 64, 1, 64)]
+                w[j, T.ramp(0, 1, 64)] = qs[p, T.ramp(j * 64, 1, 64)]
+                dots(dot, w, xq, count, row0, b, j)
 
     @T.macro
-    def accumulate(acc, dot, sc, xd, xs, t, b, r, row):
-        # The block's exact integer sum, scaled; the zero point comes back through the block sum.
+    def accumulate(acc, dot, sc, xd, xs, p, b, r, row):
+        # The block's exact integer sum, scaled. A weight zero point comes back through the
+        # activation block sum: + mn * xs for q4, - 128 * d * xs for q8 on unsigned paths.
         if q4:
             acc[r, T.ramp(0, 1, TILE)] = acc[r, T.ramp(0, 1, TILE)] \
-                + T.Cast("float32x16", sc[t, b, T.ramp(0, 1, TILE)]) \
+                + T.Cast("float32x16", sc[p, T.ramp(0, 1, TILE)]) \
                 * (T.Cast("float32x16", dot[r, T.ramp(0, 1, TILE)]) * T.Broadcast(xd[row, b], TILE)) \
-                + T.Cast("float32x16", sc[t, b, T.ramp(TILE, 1, TILE)]) * T.Broadcast(xs[row, b], TILE)
+                + T.Cast("float32x16", sc[p, T.ramp(TILE, 1, TILE)]) * T.Broadcast(xs[row, b], TILE)
+        elif signed:
+            acc[r, T.ramp(0, 1, TILE)] = acc[r, T.ramp(0, 1, TILE)] \
+                + T.Cast("float32x16", sc[p, T.ramp(0, 1, TILE)]) \
+                * (T.Cast("float32x16", dot[r, T.ramp(0, 1, TILE)]) * T.Broadcast(xd[row, b], TILE))
         else:
             acc[r, T.ramp(0, 1, TILE)] = acc[r, T.ramp(0, 1, TILE)] \
-                + T.Cast("float32x16", sc[t, b, T.ramp(0, 1, TILE)]) \
+                + T.Cast("float32x16", sc[p, T.ramp(0, 1, TILE)]) \
                 * (T.Cast("float32x16", dot[r, T.ramp(0, 1, TILE)]) * T.Broadcast(xd[row, b], TILE)
-                   - T.Broadcast(xs[row, b] * T.float32(128), TILE))
+                   - T.Broadcast(T.float32(128), TILE) * T.Broadcast(xs[row, b], TILE))
+
+    @T.macro
+    def start(y, acc, t, c, r, row):
+        # The first chunk starts from zero, later ones from the partial sums left in y.
+        acc[r, T.ramp(0, 1, TILE)] = T.Broadcast(T.float32(0), TILE)
+        if chunks > 1:
+            if c > 0:
+                if t < full_tiles:
+                    acc[r, T.ramp(0, 1, TILE)] = y[row, T.ramp(t * TILE, 1, TILE)]
+                else:
+                    for lane in T.serial(n - full_tiles * TILE):
+                        acc[r, lane] = y[row, t * TILE + lane]
 
     @T.macro
     def store(y, acc, t, r, row):
-        if full_tiles == tiles:
+        if t < full_tiles:
             y[row, T.ramp(t * TILE, 1, TILE)] = acc[r, T.ramp(0, 1, TILE)]
         else:
-            if t < full_tiles:
-                y[row, T.ramp(t * TILE, 1, TILE)] = acc[r, T.ramp(0, 1, TILE)]
-            else:
-                for lane in T.serial(n - full_tiles * TILE):  # the padded rows are dropped
-                    y[row, t * TILE + lane] = acc[r, lane]
+            for lane in T.serial(n - full_tiles * TILE):  # the padded rows are dropped
+                y[row, t * TILE + lane] = acc[r, lane]
 
     @T.macro
-    def row_group(count, row0, t, xq, xd, xs, qs, sc, y, acc, dot, w):
+    def row_group(count, row0, t, c, xq, xd, xs, qs, sc, y, acc, dot, w):
         for r in T.unroll(count):
-            acc[r, T.ramp(0, 1, TILE)] = T.Broadcast(T.float32(0), TILE)
-        for b in T.serial(blocks):
-            unpack(w, qs, t, b)
+            start(y, acc, t, c, r, row0 + r)
+        # This tile's blocks of chunk c are contiguous in the packed arrays (see _positions).
+        first: T.let[T.int32] = c * CHUNK * tiles + t * T.min(CHUNK, blocks - c * CHUNK)
+        for i in T.serial(T.min(CHUNK, blocks - c * CHUNK)):
+            block_dots(dot, w, qs, xq, first + i, count, row0, c * CHUNK + i)
             for r in T.unroll(count):
-                dot[r, T.ramp(0, 1, TILE)] = T.Broadcast(T.int32(0), TILE)
-                for j in T.unroll(8):
-                    dot4(dot, w, r, j, xq[row0 + r, b * 8 + j])
-                accumulate(acc, dot, sc, xd, xs, t, b, r, row0 + r)
+                accumulate(acc, dot, sc, xd, xs, first + i, c * CHUNK + i, r, row0 + r)
         for r in T.unroll(count):
             store(y, acc, t, r, row0 + r)
 
+    @T.macro
+    def rest_group(count, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w):
+        # Static: only groups smaller than the path's row count exist.
+        if count < rows:
+            if m % rows == count:
+                row_group(count, m - count, t, c, xq, xd, xs, qs, sc, y, acc, dot, w)
+
     @T.prim_func(private=True, s_tir=True)
     def matmul(var_xq: T.handle, var_xd: T.handle, var_xs: T.handle,
-               qs: T.Buffer((tiles, blocks, qbytes), "uint8"), sc: T.Buffer((tiles, blocks, nscales), "float16"),
+               qs: T.Buffer((tiles * blocks, qbytes), "uint8"), sc: T.Buffer((tiles * blocks, nscales), "float16"),
                var_y: T.handle):
         T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True})  # hand-written: never fused or rescheduled
         m = T.int64()
@@ -272,49 +353,92 @@ def matmul_kernel(scheme: str, n: int, k: int, target: Target, vnni: bool | None
         xd = T.match_buffer(var_xd, (m, blocks), "float32")
         xs = T.match_buffer(var_xs, (m, blocks), "float32")
         y = T.match_buffer(var_y, (m, n), "float32")
-        for t in T.parallel(tiles):
-            with T.sblock("tile"):
+        for task in T.parallel(tasks):
+            with T.sblock("task"):
                 T.reads(xq[0:m, 0:k // 4], xd[0:m, 0:blocks], xs[0:m, 0:blocks],
-                        qs[t, 0:blocks, 0:qbytes], sc[t, 0:blocks, 0:nscales])
+                        qs[0:tiles * blocks, 0:qbytes], sc[0:tiles * blocks, 0:nscales])
                 T.writes(y[0:m, 0:n])
                 # Small local buffers accessed with constant indices: LLVM keeps them in registers.
-                acc = T.sblock_alloc_buffer((ROWS, TILE), "float32")
-                dot = T.sblock_alloc_buffer((ROWS, TILE), "int32")
+                acc = T.sblock_alloc_buffer((rows, TILE), "float32")
+                dot = T.sblock_alloc_buffer((rows, TILE), "int32")
                 w = T.sblock_alloc_buffer((8, 64), "uint8")
-                for g in T.serial(m // ROWS):
-                    row_group(ROWS, g * ROWS, t, xq, xd, xs, qs, sc, y, acc, dot, w)
-                # The remaining m % ROWS rows (decode: 1; a verify pass: usually all of them).
-                rest = T.meta_var(m - m % ROWS)
-                if m % ROWS == 1:
-                    row_group(1, rest, t, xq, xd, xs, qs, sc, y, acc, dot, w)
-                if m % ROWS == 2:
-                    row_group(2, rest, t, xq, xd, xs, qs, sc, y, acc, dot, w)
-                if m % ROWS == 3:
-                    row_group(3, rest, t, xq, xd, xs, qs, sc, y, acc, dot, w)
-                if m % ROWS == 4:
-                    row_group(4, rest, t, xq, xd, xs, qs, sc, y, acc, dot, w)
-                if m % ROWS == 5:
-                    row_group(5, rest, t, xq, xd, xs, qs, sc, y, acc, dot, w)
-                if m % ROWS == 6:
-                    row_group(6, rest, t, xq, xd, xs, qs, sc, y, acc, dot, w)
-                if m % ROWS == 7:
-                    row_group(7, rest, t, xq, xd, xs, qs, sc, y, acc, dot, w)
+                for c in T.serial(chunks):
+                    for t in T.serial(task * tiles // tasks, (task + 1) * tiles // tasks):
+                        for g in T.serial(m // rows):
+                            row_group(rows, g * rows, t, c, xq, xd, xs, qs, sc, y, acc, dot, w)
+                        # The remaining m % rows rows (decode: 1; a verify pass: often all of them).
+                        rest_group(1, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w)
+                        rest_group(2, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w)
+                        rest_group(3, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w)
+                        rest_group(4, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w)
+                        rest_group(5, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w)
+                        rest_group(6, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w)
+                        rest_group(7, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w)
 
     return matmul
 
 
+# -- the 4-byte dot products: dot[r] (16 int32 lanes, one per weight row of the tile) += the
+# 4 weight bytes of each lane in w[j] times the 4 signed activation bytes packed in `word`.
+
 @T.macro
 def _vnni_dot4(dot, w, r, j, word):
-    """dot[r] += 16 lanes of (4 unsigned weight bytes . the 4 signed activation bytes in word)."""
+    """AVX-512 VNNI: one vpdpbusd (unsigned weight bytes x signed activation bytes)."""
     dot[r, T.ramp(0, 1, TILE)] = T.call_llvm_pure_intrin(
         "int32x16", "llvm.x86.avx512.vpdpbusd.512", dot[r, T.ramp(0, 1, TILE)],
         T.reinterpret("int8x64", w[j, T.ramp(0, 1, 64)]), T.reinterpret("int8x64", T.Broadcast(word, TILE)))
 
 
+def _maddubs_dot4(width: int, q4: bool):
+    """AVX2 / AVX-512BW: pmaddubsw (u8 x s8 pairs -> i16) then pmaddwd by ones (pairs -> i32).
+
+    The first operand is unsigned. q4 weights (0..15) go first directly: no pair can saturate
+    int16. For q8 (signed path: w holds q) the operands are |x| and q with the sign of x, so a
+    pair is at most 2 * 127 * 127."""
+    pmaddubs, pmaddwd = {32: ("llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd"),
+                         64: ("llvm.x86.avx512.pmaddubs.w.512", "llvm.x86.avx512.pmaddw.d.512")}[width]
+    lanes = width // 4
+
+    @T.macro
+    def dot4(dot, w, r, j, word):
+        for h in T.unroll(64 // width):
+            x = T.meta_var(T.reinterpret(f"int8x{width}", T.Broadcast(word, lanes)))
+            q = T.meta_var(T.reinterpret(f"int8x{width}", w[j, T.ramp(h * width, 1, width)]))
+            zero = T.meta_var(T.Broadcast(T.int8(0), width))
+            pairs = T.meta_var(T.call_llvm_pure_intrin(f"int16x{width // 2}", pmaddubs, q, x) if q4 else
+                               T.call_llvm_pure_intrin(f"int16x{width // 2}", pmaddubs, T.abs(x),
+                                                       T.Select(x < zero, zero - q, q)))
+            dot[r, T.ramp(h * lanes, 1, lanes)] = dot[r, T.ramp(h * lanes, 1, lanes)] + T.call_llvm_pure_intrin(
+                f"int32x{lanes}", pmaddwd, pairs, T.Broadcast(T.int16(1), width // 2))
+
+    return dot4
+
+
 @T.macro
-def _portable_dot4(dot, w, r, j, word):
-    """The same sum with plain widening multiplies: any LLVM target (SSE, AVX2, NEON)."""
+def _sdot_dot4(dot, w, r, j, word):
+    """AArch64 dot product extension: four sdot (signed x signed, 4 lanes each)."""
+    for h in T.unroll(4):
+        dot[r, T.ramp(h * 4, 1, 4)] = T.call_llvm_pure_intrin(
+            "int32x4", "llvm.aarch64.neon.sdot", dot[r, T.ramp(h * 4, 1, 4)],
+            T.reinterpret("int8x16", w[j, T.ramp(h * 16, 1, 16)]), T.reinterpret("int8x16", T.Broadcast(word, 4)))
+
+
+@T.macro
+def _generic_dot4(dot, w, r, j, word):
+    """Plain widening multiplies: any LLVM target (slow; the others are preferred)."""
     for c in T.unroll(4):
         dot[r, T.ramp(0, 1, TILE)] = dot[r, T.ramp(0, 1, TILE)] \
             + T.Cast("int32x16", w[j, T.ramp(c, 4, TILE)]) \
             * T.Broadcast(T.shift_right(T.shift_left(word, 24 - 8 * c), 24), TILE)
+
+
+# path -> (activation rows per group, weights as signed bytes (q8 used as q, not q + 128),
+# q4 -> dot4 macro). The row counts fit the accumulators and weight operands in the register
+# file: 32 zmm for AVX-512, 16 ymm for AVX2, 32 q registers for NEON (16 lanes take 4).
+DOT_PATHS = {
+    "vnni": (8, False, lambda q4: _vnni_dot4),
+    "avx512": (8, True, lambda q4: _maddubs_dot4(64, q4)),
+    "avx2": (2, True, lambda q4: _maddubs_dot4(32, q4)),
+    "sdot": (3, True, lambda q4: _sdot_dot4),
+    "generic": (2, False, lambda q4: _generic_dot4),
+}

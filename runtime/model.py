@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import tvm
-import tvm_ffi
 from tvm.runtime.vm import VirtualMachine
 
 from air.errors import AirError
@@ -83,7 +82,8 @@ class CompiledModel:
         if len(tokens) > self.max_append:
             raise ValueError(f"one call appends at most {self.max_append} tokens, got {len(tokens)}")
         self._check_room(len(tokens))
-        out = function(tvm.runtime.tensor(tokens, self.device), self.caches, tvm_ffi.Shape([self.length]), self.params)
+        start = tvm.runtime.tensor(np.array([self.length], dtype=np.int64), self.device)
+        out = function(tvm.runtime.tensor(tokens, self.device), *self.caches, start, *self.params)
         self.length += len(tokens)
         return out.numpy()
 

@@ -54,7 +54,7 @@ def run_on_board(board: Path, bundle: Path, cpu: str, *args):
     shutil.copytree(bundle, on_board)
     # qemu user-mode sees the host's files too: give it the copy's full path
     return subprocess.run([str(board / "python"), "-m", "air.runtime", str(on_board), *args],
-                          env=board_env(cpu), capture_output=True, text=True, timeout=600)
+                          env=board_env(cpu), capture_output=True, text=True, timeout=600, cwd=board)
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +93,31 @@ def test_host_refuses_an_arm_bundle(checkpoint, tmp_path):
     result = subprocess.run([sys.executable, "-m", "air.runtime", str(tmp_path / "arm"), "--prompt", "x"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "built for aarch64 (aarch64-linux); this machine is x86_64" in result.stderr
+
+
+def test_routing_costs_over_rpc_on_the_board(board, checkpoint, tmp_path):
+    import socket
+
+    draft = make_checkpoint(tmp_path / "draft", "qwen2", tied=True, hidden=32, layers=1, heads=2, kv_heads=1,
+                            intermediate=64, seed=4)
+    with socket.socket() as probe:  # a free port for the board's RPC server
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = board_env("cortex-a72")
+    started = subprocess.run(["bash", str(BOARD_SCRIPT), "rpc-start", str(board), str(port)], env=env,
+                             capture_output=True, text=True, timeout=300)
+    assert started.returncode == 0, started.stderr
+    try:
+        recipe = load_recipe("raspberry-pi-4").with_overrides(max_context=128)
+        compile_bundle(str(checkpoint), str(draft), recipe, tmp_path / "rpc", quiet=True, rpc=f"127.0.0.1:{port}")
+    finally:
+        subprocess.run(["bash", str(BOARD_SCRIPT), "rpc-stop", str(board)], env=env, capture_output=True, timeout=60)
+    table = json.loads((tmp_path / "rpc" / "routing.json").read_text())
+    measured = table["measurements"]
+    assert measured["cost_source"] == f"measured on the device over TVM RPC at 127.0.0.1:{port}"
+    assert measured["costs"]["target_decode"] > 0 and len(measured["costs"]["target_verify"]) == 8
+
+    compile_bundle(str(checkpoint), str(draft), recipe, tmp_path / "estimated", quiet=True)
+    estimated = json.loads((tmp_path / "estimated" / "routing.json").read_text())["measurements"]
+    assert estimated["cost_source"].startswith("estimated from the device profile")
+    assert estimated["acceptance"] == measured["acceptance"]  # measured on the same host copy of the models
