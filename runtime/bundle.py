@@ -173,7 +173,7 @@ class Bundle:
         temperature: float = 0.0,
         top_p: float = 1.0,
         seed: int | None = None,
-        speculate: int | None = 0,
+        speculate: int | None = None,
         quality: str = "balanced",
         on_text: Callable[[str], None] | None = None,
     ) -> GenerationResult:
