@@ -2,10 +2,11 @@
 
 Parameter names follow the Hugging Face checkpoints, so loading weights is a name match.
 The three exported functions share one forward pass:
-  prefill(tokens[n], cache, start_pos) -> logits of the last position [1, vocab]
-  decode(token[1], cache, start_pos)   -> logits [1, vocab]
-  verify(tokens[n], cache, start_pos)  -> logits of every position [n, vocab]
-Each writes the new keys and values into the runtime's cache in place.
+  prefill(tokens[n], cache_data, cache_scales, start[1], *weights) -> last position's logits [1, vocab]
+  decode(token[1], ...)                                             -> logits [1, vocab]
+  verify(tokens[n], ...)                                            -> every position's logits [n, vocab]
+Each writes the new keys and values into the runtime's cache tensors in place, through the
+KV layout's kernels (kv_layouts.py).
 """
 
 from __future__ import annotations
