@@ -19,6 +19,7 @@ from air.targets import Device, host_device, resolve_device
 
 from .checkpoint import TOKENIZER_FILES, Checkpoint, load_checkpoint
 from .kv_layouts import KVLayout
+from .layers import WeightFormat
 from .model import CausalLM
 from .pipeline import compile_module
 from .progress import Progress
@@ -60,14 +61,26 @@ def _eos_token_ids(ckpt: Checkpoint) -> list[int]:
     return []
 
 
+def _check_quantizable(ckpt: Checkpoint, scheme: str) -> None:
+    s = ckpt.spec
+    widths = {"hidden_size": s.hidden_size, "intermediate_size": s.intermediate_size,
+              "num_heads * head_dim": s.num_heads * s.head_dim}
+    odd = [f"{name} {value}" for name, value in widths.items() if value % 32]
+    if odd:
+        raise AirError(f"{ckpt.path}: {scheme} needs layer widths that are multiples of 32 ({', '.join(odd)}); "
+                       "use --quantization f16 or f32")
+
+
 def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, staging: Path, progress: Progress) -> dict:
     spec = ckpt.spec
     kv = KVLayout(spec, recipe.kv_cache, _context_length(ckpt, recipe, progress), recipe.kv_sinks, recipe.kv_window)
     if kv.windowed and kv.window + kv.sinks > kv.max_context:
         raise AirError(f"recipe {recipe.name}: kv_cache window {kv.window} + sinks {kv.sinks} exceed the context of {kv.max_context}")
-    model = CausalLM(spec, kv)
+    model = CausalLM(spec, kv, WeightFormat(recipe.quantization, json.dumps(device.tvm_target)))
+    if recipe.quantization in ("q4", "q8"):
+        _check_quantizable(ckpt, recipe.quantization)
     module, named_params = model.export_tvm(spec=model.export_spec())
-    check_tensors(ckpt, named_params)
+    check_tensors(ckpt, named_params, model)
     folder = staging / role
     folder.mkdir()
     with progress.stage(f"compiling {role} model ({spec.architecture}, {spec.num_layers} layers, "
@@ -75,7 +88,7 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
         executable = compile_module(module, device.tvm_target)
         executable.export_library(str(folder / "model.so"), **device.export_options())
     with progress.stage(f"writing {role} weights ({recipe.quantization})"):
-        weight_bytes = write_weights(ckpt, named_params, folder / "weights.safetensors")
+        weight_bytes = write_weights(ckpt, named_params, recipe.quantization, folder / "weights.safetensors")
     return {
         "architecture": spec.to_dict(),
         "quantization": recipe.quantization,

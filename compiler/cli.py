@@ -14,6 +14,7 @@ from air.errors import AirError
 from air.runtime.archive import SUFFIX, pack
 
 from .kv_layouts import KINDS
+from .layers import FORMATS
 
 
 def _fail(message: str, status: int = 2):
@@ -42,6 +43,7 @@ def main():
 @click.option("--recipe", default="host", show_default=True, help="Recipe name (see `air-build recipes`) or a .yaml path.")
 @click.option("--output", type=click.Path(), help="Bundle folder [default: dist/<target folder name>].")
 @click.option("--max-context", type=click.IntRange(min=16), help="Override the recipe's KV-cache context length.")
+@click.option("--quantization", type=click.Choice(FORMATS), help="Override the recipe's weight format.")
 @click.option("--kv-cache", type=click.Choice(KINDS), help="Override the recipe's KV-cache layout.")
 @click.option("--kv-window", type=click.IntRange(min=0), help="Keep only this many recent positions (0: all).")
 @click.option("--kv-sinks", type=click.IntRange(min=0), help="First positions always kept with a window.")
@@ -49,15 +51,15 @@ def main():
                              "or KEY@HOST:PORT of a tracker.")
 @click.option("--archive", is_flag=True, help="Also write the bundle as one file, <output>.air, for copying.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def compile(target_model, draft_model, recipe, output, max_context, kv_cache, kv_window, kv_sinks, rpc, archive,
-            quiet):  # noqa: A001 - the command's name
+def compile(target_model, draft_model, recipe, output, max_context, quantization, kv_cache, kv_window, kv_sinks,
+            rpc, archive, quiet):  # noqa: A001 - the command's name
     """Compile a target (and draft) model for a device recipe into a bundle."""
     from .recipe import load_recipe
 
     signal.signal(signal.SIGTERM, _interrupt)
     signal.signal(signal.SIGINT, _interrupt)
     try:
-        chosen = load_recipe(recipe).with_overrides(max_context=max_context, kv_cache=kv_cache,
+        chosen = load_recipe(recipe).with_overrides(max_context=max_context, kv_cache=kv_cache, quantization=quantization,
                                                     kv_window=kv_window, kv_sinks=kv_sinks)
         destination = Path(output) if output else Path("dist") / Path(target_model).resolve().name
         from .build import compile_bundle

@@ -17,17 +17,18 @@ from tvm.relax.frontend.nn import op
 from tvm.script import tirx as T
 
 from .kv_layouts import KVLayout
+from .layers import Embedding, Linear, WeightFormat
 from .spec import DecoderSpec
 
 
 class Attention(nn.Module):
-    def __init__(self, spec: DecoderSpec):
+    def __init__(self, spec: DecoderSpec, fmt: WeightFormat):
         self.spec = spec
         s = spec
-        self.q_proj = nn.Linear(s.hidden_size, s.num_heads * s.head_dim, bias=s.qkv_bias)
-        self.k_proj = nn.Linear(s.hidden_size, s.num_kv_heads * s.head_dim, bias=s.qkv_bias)
-        self.v_proj = nn.Linear(s.hidden_size, s.num_kv_heads * s.head_dim, bias=s.qkv_bias)
-        self.o_proj = nn.Linear(s.num_heads * s.head_dim, s.hidden_size, bias=s.o_bias)
+        self.q_proj = Linear(s.hidden_size, s.num_heads * s.head_dim, s.qkv_bias, fmt)
+        self.k_proj = Linear(s.hidden_size, s.num_kv_heads * s.head_dim, s.qkv_bias, fmt)
+        self.v_proj = Linear(s.hidden_size, s.num_kv_heads * s.head_dim, s.qkv_bias, fmt)
+        self.o_proj = Linear(s.num_heads * s.head_dim, s.hidden_size, s.o_bias, fmt)
         if s.qk_norm:
             self.q_norm = nn.RMSNorm(s.head_dim, -1, s.rms_norm_eps, bias=False)
             self.k_norm = nn.RMSNorm(s.head_dim, -1, s.rms_norm_eps, bias=False)
@@ -54,23 +55,6 @@ class Attention(nn.Module):
         return self.o_proj(op.reshape(attended, (n, s.num_heads * s.head_dim))), cache
 
 
-def _embedding_kernel(vocab: int, width: int):
-    """Row lookup; token ids are checked by the runtime before they get here."""
-
-    @T.prim_func(private=True, s_tir=True)
-    def embed(var_tokens: T.handle, table: T.Buffer((vocab, width), "float32"), var_out: T.handle):
-        T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True})  # hand-written: never fused or rescheduled
-        n = T.int64()
-        tokens = T.match_buffer(var_tokens, (n,), "int32")
-        out = T.match_buffer(var_out, (n, width), "float32")
-        for t, i in T.grid(n, width):
-            with T.sblock("embed"):
-                vt, vi = T.axis.remap("SS", [t, i])
-                out[vt, vi] = table[T.Cast("int64", tokens[vt]), vi]
-
-    return embed
-
-
 def _last_row_kernel(width: int):
     @T.prim_func(private=True, s_tir=True)
     def last_row(var_x: T.handle, out: T.Buffer((1, width), "float32")):
@@ -86,22 +70,22 @@ def _last_row_kernel(width: int):
 
 
 class MLP(nn.Module):
-    def __init__(self, spec: DecoderSpec):
+    def __init__(self, spec: DecoderSpec, fmt: WeightFormat):
         s = spec
-        self.gate_proj = nn.Linear(s.hidden_size, s.intermediate_size, bias=s.mlp_bias)
-        self.up_proj = nn.Linear(s.hidden_size, s.intermediate_size, bias=s.mlp_bias)
-        self.down_proj = nn.Linear(s.intermediate_size, s.hidden_size, bias=s.mlp_bias)
+        self.gate_proj = Linear(s.hidden_size, s.intermediate_size, s.mlp_bias, fmt)
+        self.up_proj = Linear(s.hidden_size, s.intermediate_size, s.mlp_bias, fmt)
+        self.down_proj = Linear(s.intermediate_size, s.hidden_size, s.mlp_bias, fmt)
 
     def forward(self, x):
         return self.down_proj(op.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, spec: DecoderSpec):
+    def __init__(self, spec: DecoderSpec, fmt: WeightFormat):
         self.input_layernorm = nn.RMSNorm(spec.hidden_size, -1, spec.rms_norm_eps, bias=False)
-        self.self_attn = Attention(spec)
+        self.self_attn = Attention(spec, fmt)
         self.post_attention_layernorm = nn.RMSNorm(spec.hidden_size, -1, spec.rms_norm_eps, bias=False)
-        self.mlp = MLP(spec)
+        self.mlp = MLP(spec, fmt)
 
     def forward(self, x, cache, layer, start_pos, inv_freq, kv):
         attn_out, cache = self.self_attn(self.input_layernorm(x), cache, layer, start_pos, inv_freq, kv)
@@ -111,35 +95,31 @@ class DecoderLayer(nn.Module):
 
 
 class Backbone(nn.Module):
-    def __init__(self, spec: DecoderSpec):
-        self.embed_tokens = nn.Embedding(spec.vocab_size, spec.hidden_size)
-        self.layers = nn.ModuleList([DecoderLayer(spec) for _ in range(spec.num_layers)])
+    def __init__(self, spec: DecoderSpec, fmt: WeightFormat):
+        self.embed_tokens = Embedding(spec.vocab_size, spec.hidden_size, fmt)
+        self.layers = nn.ModuleList([DecoderLayer(spec, fmt) for _ in range(spec.num_layers)])
         self.norm = nn.RMSNorm(spec.hidden_size, -1, spec.rms_norm_eps, bias=False)
 
 
 class CausalLM(nn.Module):
-    def __init__(self, spec: DecoderSpec, kv: KVLayout):
+    def __init__(self, spec: DecoderSpec, kv: KVLayout, fmt: WeightFormat):
         self.spec = spec
         self.kv = kv
-        self.model = Backbone(spec)
+        self.model = Backbone(spec, fmt)
         if not spec.tie_word_embeddings:
-            self.lm_head = nn.Linear(spec.hidden_size, spec.vocab_size, bias=False)
+            self.lm_head = Linear(spec.hidden_size, spec.vocab_size, False, fmt)
         # Built by the compiler from the config (not a checkpoint tensor).
         self.rope_inv_freq = nn.Parameter((spec.head_dim // 2,), "float32")
 
     def _hidden(self, tokens, cache, start_pos):
-        s = self.spec
-        x = op.tensor_ir_op(
-            _embedding_kernel(s.vocab_size, s.hidden_size), "embed", [tokens, self.model.embed_tokens.weight],
-            nn.Tensor.placeholder((tokens.shape[0], s.hidden_size), "float32"),
-        )
+        x = self.model.embed_tokens.lookup(tokens)
         for index, layer in enumerate(self.model.layers):
             x, cache = layer(x, cache, index, start_pos, self.rope_inv_freq, self.kv)
         return self.model.norm(x), cache
 
     def _logits(self, hidden):
         if self.spec.tie_word_embeddings:
-            return op.matmul(hidden, op.permute_dims(self.model.embed_tokens.weight))
+            return self.model.embed_tokens.as_lm_head(hidden)
         return self.lm_head(hidden)
 
     # Every argument is a tensor (no tuples, no shapes) so that the functions can also be

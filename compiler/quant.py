@@ -10,9 +10,15 @@ Schemes (blocks of 32 along K, one f16 scale per block and output row):
        from 0.125 to 0.101; it costs 5.0 instead of 4.5 bits per weight.
 
 Activations are quantized per row and 32-block to int8 (symmetric, f32 scale) by a small kernel,
-so the block dot products are exact int32 sums of u8 x s8 products: one AVX-512 VNNI `vpdpbusd`
-per 64 weight bytes (16 output rows x 4 k positions), a portable int32 path elsewhere. The
-weight's zero point (128 for q8, the minimum for q4) is corrected with the activation block sum.
+so the block dot products are exact int32 sums of byte products, then one convert and two FMAs
+per block. The byte dot products (DOT_PATHS, chosen from the target CPU by dot_path):
+  vnni     AVX-512 VNNI: one vpdpbusd per 64 weight bytes (16 output rows x 4 k)
+  avx512   AVX-512BW without VNNI: vpmaddubsw + vpmaddwd
+  avx2     AVX2: the same on 256-bit halves
+  sdot     AArch64 with the dot product extension: four sdot per 64 bytes
+  generic  any LLVM target: widening multiplies (slow)
+All paths give the same integers. A weight zero point (the minimum for q4; 128 for q8 where the
+instruction takes unsigned weights) is corrected with the activation block sum.
 
 Call order (build_linear_funcs returns both PrimFuncs):
   1. quantize_rows(x [m, K] f32) -> xq [m, K/4] int32   (4 int8 values per word, little endian)
@@ -31,6 +37,7 @@ share of a chunk from one contiguous range.
               high nibble k = 32b + 16 + 4j + c                                  (j = 0..3)
           so one 64-byte load is one vpdpbusd operand: 16 rows (one i32 lane each) x 4 k.
   scales  float16 [T * B, 16] (q8: d) or [T * B, 32] (q4: d for the 16 rows, then their mn)
+The same packed arrays serve every path, target and thread count.
 """
 
 from __future__ import annotations
@@ -42,7 +49,14 @@ from tvm.target import Target, codegen
 SCHEMES = ("q4", "q8")
 BLOCK = 32  # weights and activations share one scale per 32 consecutive k
 TILE = 16  # output rows per tile: one int32 lane of a 512-bit register each
-SERIAL_QUANTIZE = 8192  # m * K below which quantize_rows runs on one thread (a few microseconds)
+SERIAL_QUANTIZE = 65536  # m * K below which quantize_rows runs on one thread (up to ~25 us)
+# Work up to which matmul runs on the calling thread alone, counted as weight bytes plus
+# ROW_COST per block and activation row (the bytes one core streams in the time it computes
+# one). Starting the second thread of a parallel loop cost 5 us here (KVM, a busy machine),
+# and one thread streamed about as fast as two: 896 x 896 q4 took 13 us on one thread and
+# 20 us on two at m = 1, 17.5 and 23 us at m = 5.
+SERIAL_BYTES = 1 << 20
+ROW_COST = 64
 CHUNK = 32  # K blocks walked per tile before moving to the next tile (activations stay in L1)
 _QBYTES = {"q8": 512, "q4": 256}  # packed bytes per tile and block
 _NSCALES = {"q8": 16, "q4": 32}
@@ -149,7 +163,7 @@ def quantize_activations(x: np.ndarray):
     b = x.reshape(m, k // BLOCK, BLOCK)
     amax = np.abs(b).max(axis=2)
     xd = (amax / np.float32(127)).astype(np.float32)
-    inv = _safe_inverse(amax) * np.float32(127)
+    inv = np.divide(np.float32(127), amax, out=np.zeros_like(amax), where=amax > 0)  # as the kernel: 127 / amax
     q = np.clip(np.rint(b * inv[..., None]), -127, 127).astype(np.int8)
     xs = (xd * q.astype(np.int32).sum(axis=2)).astype(np.float32)
     return q.reshape(m, k).view(np.int32), xd, xs
@@ -180,10 +194,6 @@ def dot_path(target: Target) -> str:
     return "generic"
 
 
-def has_vnni(target: Target) -> bool:
-    return dot_path(target) == "vnni"
-
-
 def build_linear_funcs(scheme: str, n: int, k: int, target: Target, path: str | None = None):
     """[(name, PrimFunc)]: quantize_rows then matmul; see the module docstring for the buffers."""
     return [(f"quantize_rows_k{k}", quantize_kernel(k)),
@@ -192,7 +202,7 @@ def build_linear_funcs(scheme: str, n: int, k: int, target: Target, path: str | 
 
 def quantize_kernel(k: int):
     """(x [m, K] f32, xq [m, K/4] i32, xd [m, K/32] f32, xs [m, K/32] f32): one row at a time."""
-    _check("q8", 1, k)
+    _check(SCHEMES[0], 1, k)
     blocks = k // BLOCK
 
     @T.macro
@@ -257,91 +267,105 @@ def matmul_kernel(scheme: str, n: int, k: int, target: Target, path: str | None 
     qbytes, nscales = _QBYTES[scheme], _NSCALES[scheme]
     tasks = max(1, min(tiles, int(target.attrs.get("num-cores", 1))))
     chunks = -(-blocks // CHUNK)
+    weight_bytes = tiles * blocks * (qbytes + 2 * nscales)
+    lanes = T.ramp(0, 1, TILE)  # the 16 lanes of a tile: one per weight row
 
-    @T.macro
-    def dots(dot, w, xq, count, row0, b, j):
-        for r in T.unroll(count):
-            dot4(dot, w, r, j, xq[row0 + r, b * 8 + j])
+    # Expression builders (plain functions: TVMScript macros are slow to expand).
+    def q8_operand(qs, p, j):
+        """The 64 weight bytes of block p that pair with activation word j (k = 4j .. 4j + 3)."""
+        if signed:  # q + 128 -> q: flip the top bit
+            return qs[p, T.ramp(j * 64, 1, 64)] ^ T.Broadcast(T.uint8(128), 64)
+        return qs[p, T.ramp(j * 64, 1, 64)]
 
-    @T.macro
-    def block_dots(dot, w, qs, xq, p, count, row0, b):
-        # w[j] is the weight operand for activation word j of the block (k = 4j .. 4j + 3),
-        # unpacked once for all rows of the group.
-        for r in T.unroll(count):
-            dot[r, T.ramp(0, 1, TILE)] = T.Broadcast(T.int32(0), TILE)
+    def scaled(acc, dot, sc, xd, xs, p, b, r, row):
+        """acc + the block's exact integer sum, scaled. A weight zero point comes back through the
+        activation block sum: + mn * xs for q4, - 128 * d * xs for q8 on unsigned paths."""
+        d = T.Cast("float32x16", sc[p, lanes])
+        total = acc[r, lanes] + d * (T.Cast("float32x16", dot[r, lanes]) * T.Broadcast(xd[row, b], TILE))
         if q4:
-            for j in T.unroll(4):
-                w[j, T.ramp(0, 1, 64)] = qs[p, T.ramp(j * 64, 1, 64)] & T.Broadcast(T.uint8(15), 64)
-                dots(dot, w, xq, count, row0, b, j)
-                w[j + 4, T.ramp(0, 1, 64)] = qs[p, T.ramp(j * 64, 1, 64)] >> T.Broadcast(T.uint8(4), 64)
-                dots(dot, w, xq, count, row0, b, j + 4)
-        elif signed:
-            for j in T.unroll(8):  # q + 128 -> q: flip the top bit
-                w[j, T.ramp(0, 1, 64)] = qs[p, T.ramp(j * 64, 1, 64)] ^ T.Broadcast(T.uint8(128), 64)
-                dots(dot, w, xq, count, row0, b, j)
-        else:
-            for j in T.unroll(8):
-                w[j, T.ramp(0, 1, 64)] = qs[p, T.ramp(j * 64, 1, 64)]
-                dots(dot, w, xq, count, row0, b, j)
+            return total + T.Cast("float32x16", sc[p, T.ramp(TILE, 1, TILE)]) * T.Broadcast(xs[row, b], TILE)
+        if signed:
+            return total
+        # d * -128 is the same for all rows of the group (computed once), xs a broadcast load.
+        return total + d * T.Broadcast(T.float32(-128), TILE) * T.Broadcast(xs[row, b], TILE)
 
     @T.macro
-    def accumulate(acc, dot, sc, xd, xs, p, b, r, row):
-        # The block's exact integer sum, scaled. A weight zero point comes back through the
-        # activation block sum: + mn * xs for q4, - 128 * d * xs for q8 on unsigned paths.
-        if q4:
-            acc[r, T.ramp(0, 1, TILE)] = acc[r, T.ramp(0, 1, TILE)] \
-                + T.Cast("float32x16", sc[p, T.ramp(0, 1, TILE)]) \
-                * (T.Cast("float32x16", dot[r, T.ramp(0, 1, TILE)]) * T.Broadcast(xd[row, b], TILE)) \
-                + T.Cast("float32x16", sc[p, T.ramp(TILE, 1, TILE)]) * T.Broadcast(xs[row, b], TILE)
-        elif signed:
-            acc[r, T.ramp(0, 1, TILE)] = acc[r, T.ramp(0, 1, TILE)] \
-                + T.Cast("float32x16", sc[p, T.ramp(0, 1, TILE)]) \
-                * (T.Cast("float32x16", dot[r, T.ramp(0, 1, TILE)]) * T.Broadcast(xd[row, b], TILE))
-        else:
-            acc[r, T.ramp(0, 1, TILE)] = acc[r, T.ramp(0, 1, TILE)] \
-                + T.Cast("float32x16", sc[p, T.ramp(0, 1, TILE)]) \
-                * (T.Cast("float32x16", dot[r, T.ramp(0, 1, TILE)]) * T.Broadcast(xd[row, b], TILE)
-                   - T.Broadcast(T.float32(128), TILE) * T.Broadcast(xs[row, b], TILE))
-
-    @T.macro
-    def start(y, acc, t, c, r, row):
-        # The first chunk starts from zero, later ones from the partial sums left in y.
-        acc[r, T.ramp(0, 1, TILE)] = T.Broadcast(T.float32(0), TILE)
-        if chunks > 1:
-            if c > 0:
-                if t < full_tiles:
-                    acc[r, T.ramp(0, 1, TILE)] = y[row, T.ramp(t * TILE, 1, TILE)]
-                else:
-                    for lane in T.serial(n - full_tiles * TILE):
-                        acc[r, lane] = y[row, t * TILE + lane]
-
-    @T.macro
-    def store(y, acc, t, r, row):
-        if t < full_tiles:
-            y[row, T.ramp(t * TILE, 1, TILE)] = acc[r, T.ramp(0, 1, TILE)]
-        else:
-            for lane in T.serial(n - full_tiles * TILE):  # the padded rows are dropped
-                y[row, t * TILE + lane] = acc[r, lane]
-
-    @T.macro
-    def row_group(count, row0, t, c, xq, xd, xs, qs, sc, y, acc, dot, w):
+    def row_group(count, row0, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w):
         for r in T.unroll(count):
-            start(y, acc, t, c, r, row0 + r)
+            # The first chunk starts from zero, later ones from the partial sums left in y.
+            acc[r, lanes] = T.Broadcast(T.float32(0), TILE)
+            if chunks > 1:
+                if c > 0:
+                    if t < full_tiles:
+                        acc[r, lanes] = y[row0 + r, T.ramp(t * TILE, 1, TILE)]
+                    else:
+                        for lane in T.serial(n - full_tiles * TILE):
+                            acc[r, lane] = y[row0 + r, t * TILE + lane]
         # This tile's blocks of chunk c are contiguous in the packed arrays (see _positions).
         first: T.let[T.int32] = c * CHUNK * tiles + t * T.min(CHUNK, blocks - c * CHUNK)
         for i in T.serial(T.min(CHUNK, blocks - c * CHUNK)):
-            block_dots(dot, w, qs, xq, first + i, count, row0, c * CHUNK + i)
             for r in T.unroll(count):
-                accumulate(acc, dot, sc, xd, xs, first + i, c * CHUNK + i, r, row0 + r)
+                dot[r, lanes] = T.Broadcast(T.int32(0), TILE)
+            # Each weight operand is unpacked once for all rows of the group.
+            if q4:
+                for j in T.unroll(4):  # low nibbles pair with word j, high ones with word j + 4
+                    w[T.ramp(0, 1, 64)] = qs[first + i, T.ramp(j * 64, 1, 64)] & T.Broadcast(T.uint8(15), 64)
+                    for r in T.unroll(count):
+                        dot[r, lanes] = dot4(dot, w, r, xq[row0 + r, (c * CHUNK + i) * 8 + j])
+                    w[T.ramp(0, 1, 64)] = qs[first + i, T.ramp(j * 64, 1, 64)] >> T.Broadcast(T.uint8(4), 64)
+                    for r in T.unroll(count):
+                        dot[r, lanes] = dot4(dot, w, r, xq[row0 + r, (c * CHUNK + i) * 8 + j + 4])
+            else:
+                for j in T.unroll(8):
+                    w[T.ramp(0, 1, 64)] = q8_operand(qs, first + i, j)
+                    for r in T.unroll(count):
+                        dot[r, lanes] = dot4(dot, w, r, xq[row0 + r, (c * CHUNK + i) * 8 + j])
+            for r in T.unroll(count):
+                acc[r, lanes] = scaled(acc, dot, sc, xd, xs, first + i, c * CHUNK + i, r, row0 + r)
         for r in T.unroll(count):
-            store(y, acc, t, r, row0 + r)
+            if t < full_tiles:
+                y[row0 + r, T.ramp(t * TILE, 1, TILE)] = acc[r, lanes]
+            else:
+                for lane in T.serial(n - full_tiles * TILE):  # the padded rows are dropped
+                    y[row0 + r, t * TILE + lane] = acc[r, lane]
 
     @T.macro
-    def rest_group(count, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w):
-        # Static: only groups smaller than the path's row count exist.
-        if count < rows:
-            if m % rows == count:
-                row_group(count, m - count, t, c, xq, xd, xs, qs, sc, y, acc, dot, w)
+    def work(task, ntasks, m, xq, xd, xs, qs, sc, y):
+        with T.sblock("task"):
+            T.reads(xq[0:m, 0:k // 4], xd[0:m, 0:blocks], xs[0:m, 0:blocks],
+                    qs[0:tiles * blocks, 0:qbytes], sc[0:tiles * blocks, 0:nscales])
+            T.writes(y[0:m, 0:n])
+            # Small local buffers accessed with constant indices: LLVM keeps them in registers.
+            acc = T.sblock_alloc_buffer((rows, TILE), "float32")
+            dot = T.sblock_alloc_buffer((rows, TILE), "int32")
+            w = T.sblock_alloc_buffer((64,), "uint8")
+            for c in T.serial(chunks):
+                for t in T.serial(task * tiles // ntasks, (task + 1) * tiles // ntasks):
+                    for g in T.serial(m // rows):
+                        row_group(rows, g * rows, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w)
+                    # The remaining m % rows rows (decode: 1; a verify pass: often all of them),
+                    # one group size per branch (the static ifs keep those below `rows`).
+                    if rows > 1:
+                        if m % rows == 1:
+                            row_group(1, m - 1, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w)
+                    if rows > 2:
+                        if m % rows == 2:
+                            row_group(2, m - 2, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w)
+                    if rows > 3:
+                        if m % rows == 3:
+                            row_group(3, m - 3, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w)
+                    if rows > 4:
+                        if m % rows == 4:
+                            row_group(4, m - 4, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w)
+                    if rows > 5:
+                        if m % rows == 5:
+                            row_group(5, m - 5, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w)
+                    if rows > 6:
+                        if m % rows == 6:
+                            row_group(6, m - 6, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w)
+                    if rows > 7:
+                        if m % rows == 7:
+                            row_group(7, m - 7, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w)
 
     @T.prim_func(private=True, s_tir=True)
     def matmul(var_xq: T.handle, var_xd: T.handle, var_xs: T.handle,
@@ -353,88 +377,82 @@ def matmul_kernel(scheme: str, n: int, k: int, target: Target, path: str | None 
         xd = T.match_buffer(var_xd, (m, blocks), "float32")
         xs = T.match_buffer(var_xs, (m, blocks), "float32")
         y = T.match_buffer(var_y, (m, n), "float32")
-        for task in T.parallel(tasks):
-            with T.sblock("task"):
-                T.reads(xq[0:m, 0:k // 4], xd[0:m, 0:blocks], xs[0:m, 0:blocks],
-                        qs[0:tiles * blocks, 0:qbytes], sc[0:tiles * blocks, 0:nscales])
-                T.writes(y[0:m, 0:n])
-                # Small local buffers accessed with constant indices: LLVM keeps them in registers.
-                acc = T.sblock_alloc_buffer((rows, TILE), "float32")
-                dot = T.sblock_alloc_buffer((rows, TILE), "int32")
-                w = T.sblock_alloc_buffer((8, 64), "uint8")
-                for c in T.serial(chunks):
-                    for t in T.serial(task * tiles // tasks, (task + 1) * tiles // tasks):
-                        for g in T.serial(m // rows):
-                            row_group(rows, g * rows, t, c, xq, xd, xs, qs, sc, y, acc, dot, w)
-                        # The remaining m % rows rows (decode: 1; a verify pass: often all of them).
-                        rest_group(1, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w)
-                        rest_group(2, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w)
-                        rest_group(3, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w)
-                        rest_group(4, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w)
-                        rest_group(5, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w)
-                        rest_group(6, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w)
-                        rest_group(7, t, c, m, xq, xd, xs, qs, sc, y, acc, dot, w)
+        if weight_bytes + ROW_COST * tiles * blocks <= SERIAL_BYTES:
+            # A small weight: below SERIAL_BYTES the calling thread alone is faster.
+            if weight_bytes + ROW_COST * tiles * blocks * m <= SERIAL_BYTES:
+                for task in T.serial(1):
+                    work(task, 1, m, xq, xd, xs, qs, sc, y)
+            else:
+                for task in T.parallel(tasks):
+                    work(task, tasks, m, xq, xd, xs, qs, sc, y)
+        else:
+            for task in T.parallel(tasks):
+                work(task, tasks, m, xq, xd, xs, qs, sc, y)
 
     return matmul
 
 
-# -- the 4-byte dot products: dot[r] (16 int32 lanes, one per weight row of the tile) += the
-# 4 weight bytes of each lane in w[j] times the 4 signed activation bytes packed in `word`.
+# -- the 4-byte dot products: the new dot[r] (16 int32 lanes, one per weight row of the tile):
+# dot[r] + the 4 weight bytes of each lane in w times the 4 signed activation bytes in `word`.
 
-@T.macro
-def _vnni_dot4(dot, w, r, j, word):
+def _vnni_dot4(dot, w, r, word):
     """AVX-512 VNNI: one vpdpbusd (unsigned weight bytes x signed activation bytes)."""
-    dot[r, T.ramp(0, 1, TILE)] = T.call_llvm_pure_intrin(
-        "int32x16", "llvm.x86.avx512.vpdpbusd.512", dot[r, T.ramp(0, 1, TILE)],
-        T.reinterpret("int8x64", w[j, T.ramp(0, 1, 64)]), T.reinterpret("int8x64", T.Broadcast(word, TILE)))
+    return T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", dot[r, T.ramp(0, 1, TILE)],
+                                   T.reinterpret("int8x64", w[T.ramp(0, 1, 64)]),
+                                   T.reinterpret("int8x64", T.Broadcast(word, TILE)))
 
 
 def _maddubs_dot4(width: int, q4: bool):
     """AVX2 / AVX-512BW: pmaddubsw (u8 x s8 pairs -> i16) then pmaddwd by ones (pairs -> i32).
 
-    The first operand is unsigned. q4 weights (0..15) go first directly: no pair can saturate
-    int16. For q8 (signed path: w holds q) the operands are |x| and q with the sign of x, so a
-    pair is at most 2 * 127 * 127."""
+    pmaddubsw takes unsigned first operands and saturates pairs at int16. q4 weights (0..15) go
+    first as they are (a pair is at most 2 * 15 * 127); for q8 (w holds q, signed) the operands
+    are |x| and q with the sign of x, so a pair is at most 2 * 127 * 127."""
     pmaddubs, pmaddwd = {32: ("llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd"),
                          64: ("llvm.x86.avx512.pmaddubs.w.512", "llvm.x86.avx512.pmaddw.d.512")}[width]
     lanes = width // 4
 
-    @T.macro
-    def dot4(dot, w, r, j, word):
-        for h in T.unroll(64 // width):
-            x = T.meta_var(T.reinterpret(f"int8x{width}", T.Broadcast(word, lanes)))
-            q = T.meta_var(T.reinterpret(f"int8x{width}", w[j, T.ramp(h * width, 1, width)]))
-            zero = T.meta_var(T.Broadcast(T.int8(0), width))
-            pairs = T.meta_var(T.call_llvm_pure_intrin(f"int16x{width // 2}", pmaddubs, q, x) if q4 else
-                               T.call_llvm_pure_intrin(f"int16x{width // 2}", pmaddubs, T.abs(x),
-                                                       T.Select(x < zero, zero - q, q)))
-            dot[r, T.ramp(h * lanes, 1, lanes)] = dot[r, T.ramp(h * lanes, 1, lanes)] + T.call_llvm_pure_intrin(
-                f"int32x{lanes}", pmaddwd, pairs, T.Broadcast(T.int16(1), width // 2))
+    def dot4(dot, w, r, word):
+        x = T.reinterpret(f"int8x{width}", T.Broadcast(word, lanes))
+        zero = T.Broadcast(T.int8(0), width)
+        parts = []
+        for h in range(64 // width):
+            q = T.reinterpret(f"int8x{width}", w[T.ramp(h * width, 1, width)])
+            pairs = T.call_llvm_pure_intrin(f"int16x{width // 2}", pmaddubs, q, x) if q4 else \
+                T.call_llvm_pure_intrin(f"int16x{width // 2}", pmaddubs, T.abs(x), T.Select(x < zero, zero - q, q))
+            parts.append(T.call_llvm_pure_intrin(f"int32x{lanes}", pmaddwd, pairs, T.Broadcast(T.int16(1), width // 2)))
+        return dot[r, T.ramp(0, 1, TILE)] + _concat(parts)
 
     return dot4
 
 
-@T.macro
-def _sdot_dot4(dot, w, r, j, word):
+def _sdot_dot4(dot, w, r, word):
     """AArch64 dot product extension: four sdot (signed x signed, 4 lanes each)."""
-    for h in T.unroll(4):
-        dot[r, T.ramp(h * 4, 1, 4)] = T.call_llvm_pure_intrin(
-            "int32x4", "llvm.aarch64.neon.sdot", dot[r, T.ramp(h * 4, 1, 4)],
-            T.reinterpret("int8x16", w[j, T.ramp(h * 16, 1, 16)]), T.reinterpret("int8x16", T.Broadcast(word, 4)))
+    x = T.reinterpret("int8x16", T.Broadcast(word, 4))
+    return _concat([T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.sdot", dot[r, T.ramp(h * 4, 1, 4)],
+                                            T.reinterpret("int8x16", w[T.ramp(h * 16, 1, 16)]), x)
+                    for h in range(4)])
 
 
-@T.macro
-def _generic_dot4(dot, w, r, j, word):
+def _generic_dot4(dot, w, r, word):
     """Plain widening multiplies: any LLVM target (slow; the others are preferred)."""
-    for c in T.unroll(4):
-        dot[r, T.ramp(0, 1, TILE)] = dot[r, T.ramp(0, 1, TILE)] \
-            + T.Cast("int32x16", w[j, T.ramp(c, 4, TILE)]) \
+    total = dot[r, T.ramp(0, 1, TILE)]
+    for c in range(4):
+        total = total + T.Cast("int32x16", w[T.ramp(c, 4, TILE)]) \
             * T.Broadcast(T.shift_right(T.shift_left(word, 24 - 8 * c), 24), TILE)
+    return total
+
+
+def _concat(parts):
+    """One vector of the 16 lanes of equal parts, in order."""
+    if len(parts) == 1:
+        return parts[0]
+    return T.Shuffle(parts, [T.int32(i) for i in range(TILE)])
 
 
 # path -> (activation rows per group, weights as signed bytes (q8 used as q, not q + 128),
-# q4 -> dot4 macro). The row counts fit the accumulators and weight operands in the register
-# file: 32 zmm for AVX-512, 16 ymm for AVX2, 32 q registers for NEON (16 lanes take 4).
+# q4 -> dot4). The row counts fit the accumulators and weight operands in the register file:
+# 32 zmm for AVX-512, 16 ymm for AVX2, 32 q registers for NEON (16 lanes take 4).
 DOT_PATHS = {
     "vnni": (8, False, lambda q4: _vnni_dot4),
     "avx512": (8, True, lambda q4: _maddubs_dot4(64, q4)),

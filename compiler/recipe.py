@@ -11,8 +11,8 @@ import yaml
 from air.errors import AirError
 
 from .kv_layouts import KINDS
+from .layers import FORMATS
 
-QUANTIZATIONS = ("f32",)
 _KEYS = {"device", "quantization", "kv_cache", "threads", "memory_budget_mb", "calibration_prompts", "description"}
 _KV_KEYS = {"dtype", "max_context", "sinks", "window"}
 
@@ -87,7 +87,7 @@ def load_recipe(name_or_path: str) -> Recipe:
     return Recipe(
         name=name,
         device=str(data["device"]),
-        quantization=_choice(name, "quantization", data.get("quantization", "f32"), QUANTIZATIONS),
+        quantization=_choice(name, "quantization", data.get("quantization", "f32"), FORMATS),
         kv_cache=_choice(name, "kv_cache.dtype", kv.get("dtype", "f32"), KINDS),
         max_context=_positive_int(name, "kv_cache.max_context", kv.get("max_context", 2048), 16),
         kv_sinks=_positive_int(name, "kv_cache.sinks", kv.get("sinks", 0), 0),

@@ -1,4 +1,8 @@
-"""Checkpoint tensors -> the compiled model's parameters, in its order, checked and converted."""
+"""Checkpoint tensors -> the compiled model's parameters, in its order, checked and converted.
+
+Dense parameters are the checkpoint tensor of the same name, cast to the parameter's dtype;
+packed ones ("<layer>.qs", "<layer>.scales") come from quantizing "<layer>.weight".
+"""
 
 from __future__ import annotations
 
@@ -9,34 +13,61 @@ from safetensors.numpy import save_file
 
 from air.errors import AirError
 
+from . import quant
 from .checkpoint import Checkpoint
 from .rope import inverse_frequencies
 
 # Parameters the compiler makes itself rather than reading from the checkpoint.
 DERIVED = {"rope_inv_freq": lambda ckpt: inverse_frequencies(ckpt.spec)}
+PACKED = ("qs", "scales")
 
 
-def check_tensors(ckpt: Checkpoint, named_params) -> None:
+def source_of(name: str) -> str:
+    """The checkpoint tensor a parameter is made from."""
+    layer, _, leaf = name.rpartition(".")
+    return f"{layer}.weight" if leaf in PACKED else name
+
+
+def _expected_shape(name: str, param, model) -> tuple[int, ...]:
+    if name.rpartition(".")[2] not in PACKED:
+        return tuple(int(d) for d in param.shape)
+    owner = model
+    for part in name.rpartition(".")[0].split("."):
+        owner = owner[int(part)] if part.isdigit() else getattr(owner, part)
+    if hasattr(owner, "out_features"):
+        return owner.out_features, owner.in_features
+    return owner.vocab, owner.width
+
+
+def check_tensors(ckpt: Checkpoint, named_params, model) -> None:
     """Fail before any compilation if a tensor is missing or misshaped."""
     for name, param in named_params:
         if name in DERIVED:
             continue
-        expected = tuple(int(d) for d in param.shape)
-        if not ckpt.has(name):
-            raise AirError(f"{ckpt.path}: missing tensor '{name}' (expected shape {expected})")
-        actual = ckpt.tensor_shape(name)
+        source, expected = source_of(name), _expected_shape(name, param, model)
+        if not ckpt.has(source):
+            raise AirError(f"{ckpt.path}: missing tensor '{source}' (expected shape {expected})")
+        actual = ckpt.tensor_shape(source)
         if actual != expected:
-            raise AirError(f"{ckpt.path}: tensor '{name}' has shape {actual}, expected {expected}")
+            raise AirError(f"{ckpt.path}: tensor '{source}' has shape {actual}, expected {expected}")
 
 
-def write_weights(ckpt: Checkpoint, named_params, path: Path) -> int:
+def write_weights(ckpt: Checkpoint, named_params, scheme: str, path: Path) -> int:
     """Write the parameters as one safetensors file; returns its payload bytes."""
-    tensors = {}
+    tensors, packed = {}, {}
     for name, param in named_params:
-        array = DERIVED[name](ckpt) if name in DERIVED else ckpt.read(name)
-        array = np.ascontiguousarray(array, dtype=param.dtype)
-        if not np.all(np.isfinite(array)):
-            raise AirError(f"{ckpt.path}: tensor '{name}' contains NaN or infinity")
-        tensors[name] = array
+        if name in DERIVED:
+            array = DERIVED[name](ckpt)
+        else:
+            source = ckpt.read(source_of(name))
+            if not np.all(np.isfinite(source)):
+                raise AirError(f"{ckpt.path}: tensor '{source_of(name)}' contains NaN or infinity")
+            if name.rpartition(".")[2] in PACKED:
+                if source_of(name) not in packed:
+                    packed[source_of(name)] = quant.pack(np.asarray(source, dtype=np.float32), scheme)
+                array = packed[source_of(name)][name.rpartition(".")[2]]
+            else:
+                array = source
+        tensors[name] = np.ascontiguousarray(array, dtype=param.dtype)
     save_file(tensors, str(path))
     return sum(a.nbytes for a in tensors.values())
