@@ -49,8 +49,8 @@ def test_manifest_states_kv_bytes(layouts):
 
 def test_memory_budget_refuses_what_does_not_fit(layouts):
     f32, int8 = Bundle.load(layouts["f32"]), Bundle.load(layouts["int8"])
-    long_f32, long_int8 = f32.memory_needed(500, False), int8.memory_needed(500, False)
-    short_f32 = f32.memory_needed(20, False)
+    long_f32, long_int8 = f32.memory_needed(500), int8.memory_needed(500)
+    short_f32 = f32.memory_needed(20)
     weights = f32.manifest["models"]["target"]["weight_bytes"]
     assert long_f32["total"] == weights + 512 * f32.target.kv["bytes_per_token"]  # 500 rounds up to 512 slots
     assert short_f32["total"] == weights + 256 * f32.target.kv["bytes_per_token"]
