@@ -280,7 +280,7 @@ def acceptance(target, draft, prompts: torch.Tensor, new_tokens: int, max_k: int
         for _ in range(max_k):
             nxt = step.logits[:, -1].argmax(-1, keepdim=True)
             proposed.append(nxt)
-            step = draft(input_ids=nxt, past_key_values=step.past_key_values, use_cache=True)
+            step = draft(input_ids=nxt, cache=step.cache, use_cache=True)
         agree = torch.cat(proposed, dim=1) == greedy[:, i:i + max_k]
         match[:, i] = agree.long().cumprod(dim=1).sum(dim=1)
     result = {"per_token_agreement": round(float((match >= 1).float().mean()), 4), "by_k": {}}
@@ -356,19 +356,19 @@ def parse_args(argv=None):
     p.add_argument("--heldout-percent", type=int, default=5)
     p.add_argument("--vocab", type=int, default=8192)
     p.add_argument("--seq", type=int, default=512, help="training context (tokens)")
-    p.add_argument("--batch", type=int, default=16)
-    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--monitor-tokens", type=int, default=16384, help="held-out tokens for progress lines")
     # target shape and budget
     p.add_argument("--target-shape", default="384,6,6,2,1024", help="hidden,layers,heads,kv_heads,intermediate")
-    p.add_argument("--target-steps", type=int, default=900)
+    p.add_argument("--target-steps", type=int, default=1000)
     p.add_argument("--target-lr", type=float, default=2e-3)
     # draft shape and budgets
     p.add_argument("--draft-shape", default="128,2,2,1,384")
-    p.add_argument("--draft-steps", type=int, default=400)
+    p.add_argument("--draft-steps", type=int, default=600)
     p.add_argument("--draft-lr", type=float, default=3e-3)
-    p.add_argument("--distill-steps", type=int, default=300)
+    p.add_argument("--distill-steps", type=int, default=500)
     p.add_argument("--distill-lr", type=float, default=1.5e-3)
     # evaluation
     p.add_argument("--eval-only", action="store_true", help="re-evaluate the saved pair, no training")
