@@ -2,7 +2,7 @@
 
     python benchmarks/speculative.py BUNDLE [--threads 2] [--tokens 64] [--rounds 3] [--prompts FILE]
 
-Greedy. For each k prints tokens/s (median over rounds, each round covering every prompt),
+Greedy. For each k (and "route": what the bundle's routing table picks per request) prints tokens/s (median over rounds, each round covering every prompt),
 the speedup over target-only measured in the same run, acceptance, tokens per target pass,
 and host (Python) time per speculative step as a share of the step.
 """
@@ -24,7 +24,7 @@ DEFAULT_PROMPTS = [
 def measure(bundle, prompts, tokens, k):
     generated = seconds = passes = proposed = accepted = host = 0.0
     for prompt in prompts:
-        stats = bundle.generate(prompt=prompt, max_tokens=tokens, speculate=k).stats
+        stats = bundle.generate(prompt=prompt, max_tokens=tokens, speculate=None if k == "route" else k).stats
         generated += stats["generated_tokens"]
         seconds += stats["decode_seconds"]
         passes += stats["target_passes"]
@@ -48,7 +48,7 @@ def main():
 
     bundle = Bundle.load(args.bundle, threads=args.threads)
     bundle.eos_token_ids = set()  # equal lengths for every path
-    ks = [0, *range(1, args.max_k + 1)]
+    ks = [0, *range(1, args.max_k + 1)] + (["route"] if bundle.routing else [])
     runs = {k: [] for k in ks}
     measure(bundle, prompts[:1], 8, 1)  # warm up both models
     for _ in range(args.rounds):  # interleave k within a round so drift hits all alike
@@ -56,11 +56,11 @@ def main():
             runs[k].append(measure(bundle, prompts, args.tokens, k))
     base = statistics.median(r["tps"] for r in runs[0])
     print(f"bundle {args.bundle}: {len(prompts)} prompts x {args.tokens} tokens, greedy, {args.rounds} rounds (medians)")
-    print(f"{'k':>3} {'tokens/s':>9} {'speedup':>8} {'accept':>7} {'tok/pass':>9} {'host':>6}")
+    print(f"{'k':>5} {'tokens/s':>9} {'speedup':>8} {'accept':>7} {'tok/pass':>9} {'host':>6}")
     for k in ks:
         tps = statistics.median(r["tps"] for r in runs[k])
         accept = runs[k][0]["acceptance"]
-        print(f"{k:>3} {tps:>9.1f} {tps / base:>7.2f}x {'-' if accept is None else f'{accept:.2f}':>7} "
+        print(f"{k:>5} {tps:>9.1f} {tps / base:>7.2f}x {'-' if accept is None else f'{accept:.2f}':>7} "
               f"{statistics.median(r['per_pass'] for r in runs[k]):>9.2f} "
               f"{statistics.median(r['host_share'] for r in runs[k]) * 100:>5.1f}%")
 
