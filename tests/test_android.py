@@ -1,5 +1,6 @@
 """Android: real target and linking path; without the NDK a clear stop at once."""
 
+import json
 import os
 import subprocess
 import sys
@@ -12,6 +13,7 @@ from checkpoints import make_checkpoint
 from air.compiler.model import CausalLM
 from air.compiler.pipeline import compile_module
 from air.compiler.kv_layouts import KVLayout
+from air.compiler.layers import WeightFormat
 from air.compiler.spec import spec_from_config
 from air.targets import resolve_device
 
@@ -51,12 +53,13 @@ def test_android_code_is_aarch64_android_and_links(checkpoint, tmp_path, monkeyp
     device = resolve_device("android-arm64")
     spec = spec_from_config({"architectures": ["LlamaForCausalLM"], "vocab_size": 32, "hidden_size": 32,
                              "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}, "t")
-    model = CausalLM(spec, KVLayout(spec, "f16", 64))
+    model = CausalLM(spec, KVLayout(spec, "f16", 64), WeightFormat("q8", json.dumps(device.tvm_target)))
     module, _ = model.export_tvm(spec=model.export_spec())
     executable = compile_module(module, device.tvm_target)
     llvm_ir = next(m for m in executable.mod.imports if m.kind == "llvm").inspect_source("ll")
     assert 'target triple = "aarch64-linux-android"' in llvm_ir
     assert "+dotprod" in llvm_ir
+    assert "llvm.aarch64.neon.sdot" in llvm_ir  # the q8 kernels use the dot-product instructions
 
     result = compile_android(checkpoint, tmp_path / "bundle", dict(os.environ))
     assert result.returncode == 0, result.stderr
