@@ -133,24 +133,25 @@ def _summary(root: Path, manifest: dict) -> str:
             f"  kv cache: {kv['layout']} {kv['dtype']}, context {kv['max_context']}, "
             f"{kv['bytes_per_token']} bytes/token, {kv['max_bytes'] / 1e6:.1f} MB at full context",
         ]
-    lines += _routing_summary(manifest)
-    if "routing" in manifest:
-        table = json.loads((root / manifest["routing"]).read_text())
-        for key, row in table["rows"].items():
-            if key.endswith("mem:both"):
-                path = f"speculative k={row['k']}" if row["path"] == "speculative" else row["path"]
-                lines.append(f"  {key[:-len('|mem:both')]:<34} -> {path:<16} {row['expected_tokens_per_second']:>9.1f} tok/s")
+    lines += _routing_summary(root, manifest)
     prov = manifest["provenance"]
     lines.append(f"built {prov['built_at']} by air {prov['air_version']} with TVM {prov['tvm_version']}, "
                  f"recipe {prov['recipe']['name']}")
     return "\n".join(lines)
 
 
-def _routing_summary(manifest: dict) -> list[str]:
+def _routing_summary(root: Path, manifest: dict) -> list[str]:
     if "routing" not in manifest:
         return ["routing: no table (the target serves alone unless air-run is given --speculate)"]
-    return [f"routing: table {manifest['routing']} (calibrated; rows with both models in memory shown, "
-            f"see the file for the other memory classes)"]
+    table = json.loads((root / manifest["routing"]).read_text())
+    lines = [f"routing: {manifest['routing']}, costs {table['measurements']['cost_source']}; "
+             "rows with both models in memory (the file has the other memory classes):"]
+    for key, row in table["rows"].items():
+        if key.endswith("mem:both"):
+            path = f"speculative k={row['k']}" if row["path"] == "speculative" else row["path"]
+            lines.append(f"  {key.removesuffix('|mem:both'):<34} -> {path:<16} "
+                         f"{row['expected_tokens_per_second']:>9.1f} tok/s expected")
+    return lines
 
 
 @main.command()

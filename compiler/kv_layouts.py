@@ -34,6 +34,8 @@ import math
 
 from tvm.script import tirx as T
 
+from air.errors import AirError
+
 from .spec import DecoderSpec
 
 KINDS = ("f32", "f16", "int8", "int4")
@@ -50,6 +52,11 @@ class KVLayout:
     sinks: int = 0
     window: int = 0  # 0: keep every position
     slack: int = 64
+
+    def __post_init__(self):
+        if self.spec.head_dim % (2 * LANES):
+            raise AirError(f"head_dim {self.spec.head_dim} is not supported by the KV-cache kernels "
+                           f"(a multiple of {2 * LANES} is needed)")
 
     @property
     def windowed(self) -> bool:
@@ -172,8 +179,8 @@ class KVLayout:
                 dest[d] = (q[t, h, d] * T.cos(angle) + partner * T.sin(angle)) * T.float32(scale)
 
         @T.macro
-        def visit(query, qsum, st, acc, data, scales, layer, kh, slot):
-            score(query, qsum, st, data, scales, layer, kh, slot)
+        def visit(query, qsum, st, part, acc, data, scales, layer, kh, slot):
+            score(query, qsum, st, part, data, scales, layer, kh, slot)
             new_max: T.let[T.float32] = T.max(st[0], st[2])
             alpha: T.let[T.float32] = T.exp(st[0] - new_max)
             p: T.let[T.float32] = T.exp(st[2] - new_max)
@@ -202,6 +209,7 @@ class KVLayout:
                     acc = T.sblock_alloc_buffer((dim,), "float32")
                     qsum = T.sblock_alloc_buffer((1,), "float32")
                     st = T.sblock_alloc_buffer((3,), "float32")  # running max, denominator, score
+                    part = T.sblock_alloc_buffer((LANES,), "float32")
                     t: T.let[T.int64] = th // heads
                     h: T.let[T.int64] = th % heads
                     kh: T.let[T.int64] = h // group
@@ -216,16 +224,16 @@ class KVLayout:
                         rotate_query(query, t, h, qpos - oldest + T.int64(sinks), inv_freq, q)
                         _sum(query, qsum, dim)
                         for j in T.serial(T.min(T.int64(sinks), qpos + 1)):
-                            visit(query, qsum, st, acc, data, scales, layer, kh, j)
+                            visit(query, qsum, st, part, acc, data, scales, layer, kh, j)
                         rotate_query(query, t, h, qpos, inv_freq, q)
                         _sum(query, qsum, dim)
                         for p in T.serial(qpos + 1 - oldest):
-                            visit(query, qsum, st, acc, data, scales, layer, kh, slot_of(oldest + p))
+                            visit(query, qsum, st, part, acc, data, scales, layer, kh, slot_of(oldest + p))
                     else:
                         rotate_query(query, t, h, qpos, inv_freq, q)
                         _sum(query, qsum, dim)
                         for p in T.serial(qpos + 1):
-                            visit(query, qsum, st, acc, data, scales, layer, kh, p)
+                            visit(query, qsum, st, part, acc, data, scales, layer, kh, p)
                     for d in T.serial(dim):
                         out[t, h, d] = acc[d] / st[1]
 
@@ -292,47 +300,65 @@ def _store_int4(row, stat, data, scales, layer, which, h, slot):
             << T.uint8(4))
 
 
-@T.macro
-def _score_float(query, qsum, st, data, scales, layer, kh, slot):
-    st[2] = T.float32(0)
-    for d in T.serial(query.shape[0]):
-        st[2] = st[2] + query[d] * T.Cast("float32", data[layer, 0, kh, slot, d])
+# Dot products keep LANES partial sums in one vector register (a serial sum into one scalar
+# would not vectorize without reassociation); head_dim must be a multiple of 2 * LANES.
+LANES = 8
 
 
 @T.macro
-def _score_int8(query, qsum, st, data, scales, layer, kh, slot):
+def _reduce_partials(part, st):
     st[2] = T.float32(0)
-    for d in T.serial(query.shape[0]):
-        st[2] = st[2] + query[d] * T.Cast("float32", data[layer, 0, kh, slot, d])
+    for lane in T.serial(LANES):
+        st[2] = st[2] + part[lane]
+
+
+@T.macro
+def _score_float(query, qsum, st, part, data, scales, layer, kh, slot):
+    for lane in T.vectorized(LANES):
+        part[lane] = T.float32(0)
+    for c in T.serial(query.shape[0] // LANES):
+        for lane in T.vectorized(LANES):
+            part[lane] = part[lane] + query[c * LANES + lane] * T.Cast(
+                "float32", data[layer, 0, kh, slot, c * LANES + lane])
+    _reduce_partials(part, st)
+
+
+@T.macro
+def _score_int8(query, qsum, st, part, data, scales, layer, kh, slot):
+    _score_float(query, qsum, st, part, data, scales, layer, kh, slot)
     st[2] = st[2] * T.Cast("float32", scales[layer, 0, kh, slot, 0])
 
 
 @T.macro
-def _score_int4(query, qsum, st, data, scales, layer, kh, slot):
-    st[2] = T.float32(0)
-    for j in T.serial(query.shape[0] // 2):
-        st[2] = st[2] + query[2 * j] * T.Cast("float32", data[layer, 0, kh, slot, j] & T.uint8(15)) \
-            + query[2 * j + 1] * T.Cast("float32", data[layer, 0, kh, slot, j] >> T.uint8(4))
+def _score_int4(query, qsum, st, part, data, scales, layer, kh, slot):
+    for lane in T.vectorized(LANES):
+        part[lane] = T.float32(0)
+    for c in T.serial(query.shape[0] // (2 * LANES)):
+        for lane in T.vectorized(LANES):
+            part[lane] = part[lane] \
+                + query[2 * (c * LANES + lane)] * T.Cast("float32", data[layer, 0, kh, slot, c * LANES + lane] & T.uint8(15)) \
+                + query[2 * (c * LANES + lane) + 1] * T.Cast("float32", data[layer, 0, kh, slot, c * LANES + lane] >> T.uint8(4))
+    _reduce_partials(part, st)
     st[2] = st[2] * T.Cast("float32", scales[layer, 0, kh, slot, 0]) \
         + qsum[0] * T.Cast("float32", scales[layer, 0, kh, slot, 1])
 
 
 @T.macro
 def _accumulate_float(acc, alpha, p, data, scales, layer, kh, slot):
-    for d in T.serial(acc.shape[0]):
+    for d in T.vectorized(acc.shape[0]):
         acc[d] = acc[d] * alpha + p * T.Cast("float32", data[layer, 1, kh, slot, d])
 
 
 @T.macro
 def _accumulate_int8(acc, alpha, p, data, scales, layer, kh, slot):
-    for d in T.serial(acc.shape[0]):
+    for d in T.vectorized(acc.shape[0]):
         acc[d] = acc[d] * alpha + p * T.Cast("float32", scales[layer, 1, kh, slot, 0]) * T.Cast(
             "float32", data[layer, 1, kh, slot, d])
 
 
 @T.macro
 def _accumulate_int4(acc, alpha, p, data, scales, layer, kh, slot):
-    for j in T.serial(acc.shape[0] // 2):
+    for j in T.vectorized(acc.shape[0] // 2):
         acc[2 * j] = acc[2 * j] * alpha + p * (
             T.Cast("float32", data[layer, 1, kh, slot, j] & T.uint8(15)) * T.Cast("float32", scales[layer, 1, kh, slot, 0])
             + T.Cast("float32", scales[layer, 1, kh, slot, 1]))

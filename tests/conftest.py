@@ -19,7 +19,7 @@ VARIANTS = {
     "llama-bias-tied": dict(family="llama", tied=True, attention_bias=True, kv_heads=4),
     "qwen2-tied-bf16": dict(family="qwen2", tied=True, dtype="bfloat16", rope_theta=1000000.0),
     "qwen3-qknorm": dict(family="qwen3", head_dim=32),
-    "mistral-gqa": dict(family="mistral", heads=8, kv_heads=2, sliding_window=4096),
+    "mistral-gqa": dict(family="mistral", heads=4, kv_heads=1, sliding_window=4096),
 }
 
 
