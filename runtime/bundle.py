@@ -17,11 +17,12 @@ import tvm
 
 from air.cpu_features import machine_features
 from air.errors import AirError
-from .manifest import read_manifest, verify_files
-from .model import CompiledModel, cache_capacity
-from .routing import Route, lookup, memory_class
+
 from .archive import is_archive, unpack
 from .generation import Generator
+from .manifest import read_manifest, verify_files
+from .model import CompiledModel, cache_capacity, position_limit
+from .routing import Route, lookup, memory_class
 from .sampling import Sampler
 from .text import TextStream, load_tokenizer
 
@@ -64,8 +65,7 @@ class Bundle:
         self.device = tvm.cpu()
         _configure_threads(threads)
         self.tokenizer = load_tokenizer(root)
-        self.target = CompiledModel(root, manifest["models"]["target"], self.device)
-        self._draft = None
+        self._models: dict[str, CompiledModel] = {}  # loaded on first use: a request may need only one
         self.eos_token_ids = set(manifest["tokenizer"].get("eos_token_ids", []))
         self.routing = json.loads((root / manifest["routing"]).read_text()) if "routing" in manifest else None
 
@@ -83,17 +83,24 @@ class Bundle:
             threads = int(manifest.get("runtime", {}).get("threads", 0))
         return cls(root, manifest, threads, memory_budget_mb)
 
+    def _model(self, role: str) -> CompiledModel:
+        if role not in self.manifest["models"]:
+            raise AirError(f"{self.root}: bundle has no {role} model")
+        if role not in self._models:
+            self._models[role] = CompiledModel(self.root, self.manifest["models"][role], self.device)
+        return self._models[role]
+
+    @property
+    def target(self) -> CompiledModel:
+        return self._model("target")
+
     @property
     def draft(self) -> CompiledModel:
-        if "draft" not in self.manifest["models"]:
-            raise AirError(f"{self.root}: bundle has no draft model")
-        if self._draft is None:
-            self._draft = CompiledModel(self.root, self.manifest["models"]["draft"], self.device)
-        return self._draft
+        return self._model("draft")
 
     @property
     def max_context(self) -> int:
-        return self.target.max_context
+        return position_limit(self.manifest["models"]["target"]["kv_cache"])
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text).ids
@@ -101,7 +108,7 @@ class Bundle:
     def _check_prompt(self, prompt_ids: list[int]) -> None:
         if not prompt_ids:
             raise AirError("empty prompt: give at least one token")
-        vocab = self.target.vocab_size
+        vocab = self.manifest["models"]["target"]["vocab_size"]
         bad = [t for t in prompt_ids if not 0 <= t < vocab]
         if bad:
             raise AirError(f"prompt token id {bad[0]} is outside the vocabulary (0..{vocab - 1})")

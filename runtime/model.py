@@ -20,6 +20,11 @@ UNBOUNDED = 2**31 - 1  # positions a windowed cache can reach
 _CAPACITY_STEP = 256
 
 
+def position_limit(kv: dict) -> int:
+    """How many positions a sequence may reach (the manifest's kv_cache entry)."""
+    return UNBOUNDED if kv["layout"] == "windowed" else kv["max_context"]
+
+
 def cache_capacity(kv: dict, context: int) -> int:
     """Cache slots a request reaching `context` positions needs (the manifest's kv_cache entry)."""
     if kv["fixed_capacity"]:
@@ -38,7 +43,7 @@ class CompiledModel:
         self.kv = entry["kv_cache"]
         self.vocab_size = entry["vocab_size"]
         self.windowed = self.kv["layout"] == "windowed"
-        self.max_context = UNBOUNDED if self.windowed else self.kv["max_context"]
+        self.max_context = position_limit(self.kv)
         self.max_append = self.kv["max_append"]
         self.caches: list = []
         self.capacity = 0

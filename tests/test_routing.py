@@ -91,3 +91,7 @@ def test_budget_without_room_for_the_target(pair):
         assert len(out["tokens"]) == 8
     refused = air_run(pair["bundle"], *args, "--quality", "exact")
     assert refused.returncode == 2 and "request needs" in refused.stderr
+    # the draft-only path never loads the target's weights
+    in_process = Bundle.load(pair["bundle"], memory_budget_mb=float(budget))
+    result = in_process.generate(prompt="import os", max_tokens=8, quality="fast")
+    assert result.route.path == "draft" and "target" not in in_process._models
