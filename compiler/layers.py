@@ -58,61 +58,57 @@ def packed_shapes(scheme: str, n: int, k: int) -> tuple[tuple[int, int], tuple[i
     return (rows, quant._QBYTES[scheme]), (rows, quant._NSCALES[scheme])
 
 
-class Linear(nn.Module):
-    """y = x W^T (+ b), W in the weight format; parameter names follow nn.Linear's ("weight",
-    "bias"), or "qs" and "scales" for the packed formats."""
+class _Matrix(nn.Module):
+    """A [rows, cols] weight matrix in the weight format, multiplied as x M^T. Parameter names
+    follow nn.Linear's ("weight"), or "qs" and "scales" for the packed formats."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, fmt: WeightFormat):
-        self.in_features, self.out_features, self.fmt = in_features, out_features, fmt
+    def _declare(self, rows: int, cols: int, fmt: WeightFormat) -> None:
+        self.rows, self.cols, self.fmt = rows, cols, fmt
         if fmt.quantized:
-            qs_shape, scales_shape = packed_shapes(fmt.scheme, out_features, in_features)
+            qs_shape, scales_shape = packed_shapes(fmt.scheme, rows, cols)
             self.qs = nn.Parameter(qs_shape, "uint8")
             self.scales = nn.Parameter(scales_shape, "float16")
         else:
-            self.weight = nn.Parameter((out_features, in_features), _DENSE_DTYPE[fmt.scheme])
+            self.weight = nn.Parameter((rows, cols), _DENSE_DTYPE[fmt.scheme])
+
+    def _times(self, x):
+        if self.fmt.quantized:
+            return quantized_matmul(x, self.qs, self.scales, self.fmt.scheme, self.rows, self.cols, self.fmt.target)
+        weight = self.weight
+        if weight.dtype != "float32":
+            weight = op.astype(weight, "float32")  # fused into the matmul's loads
+        return op.matmul(x, op.permute_dims(weight))
+
+
+class Linear(_Matrix):
+    """y = x W^T (+ b)."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, fmt: WeightFormat):
+        self._declare(out_features, in_features, fmt)
         self.bias = nn.Parameter((out_features,), "float32") if bias else None
 
     def forward(self, x):
-        if self.fmt.quantized:
-            y = quantized_matmul(x, self.qs, self.scales, self.fmt.scheme, self.out_features, self.in_features,
-                                 self.fmt.target)
-        else:
-            y = dense_matmul(x, self.weight)
+        y = self._times(x)
         return y + self.bias if self.bias is not None else y
 
 
-def dense_matmul(x, weight):
-    if weight.dtype != "float32":
-        weight = op.astype(weight, "float32")  # fused into the matmul's loads
-    return op.matmul(x, op.permute_dims(weight))
-
-
-class Embedding(nn.Module):
+class Embedding(_Matrix):
     """The token table; lookups dequantize just the rows they read."""
 
     def __init__(self, vocab: int, width: int, fmt: WeightFormat):
-        self.vocab, self.width, self.fmt = vocab, width, fmt
-        if fmt.quantized:
-            qs_shape, scales_shape = packed_shapes(fmt.scheme, vocab, width)
-            self.qs = nn.Parameter(qs_shape, "uint8")
-            self.scales = nn.Parameter(scales_shape, "float16")
-        else:
-            self.weight = nn.Parameter((vocab, width), _DENSE_DTYPE[fmt.scheme])
+        self._declare(vocab, width, fmt)
 
     def lookup(self, tokens):
-        out = nn.Tensor.placeholder((tokens.shape[0], self.width), "float32")
+        out = nn.Tensor.placeholder((tokens.shape[0], self.cols), "float32")
         if self.fmt.quantized:
-            kernel = _packed_lookup_kernel(self.fmt.scheme, self.vocab, self.width)
+            kernel = _packed_lookup_kernel(self.fmt.scheme, self.rows, self.cols)
             return op.tensor_ir_op(kernel, "embed", [tokens, self.qs, self.scales], out)
-        kernel = _dense_lookup_kernel(self.vocab, self.width, self.weight.dtype)
+        kernel = _dense_lookup_kernel(self.rows, self.cols, self.weight.dtype)
         return op.tensor_ir_op(kernel, "embed", [tokens, self.weight], out)
 
     def as_lm_head(self, hidden):
         """Logits against the same table (tied embeddings)."""
-        if self.fmt.quantized:
-            return quantized_matmul(hidden, self.qs, self.scales, self.fmt.scheme, self.vocab, self.width,
-                                    self.fmt.target)
-        return dense_matmul(hidden, self.weight)
+        return self._times(hidden)
 
 
 def _dense_lookup_kernel(vocab: int, width: int, dtype: str):

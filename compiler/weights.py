@@ -34,9 +34,7 @@ def _expected_shape(name: str, param, model) -> tuple[int, ...]:
     owner = model
     for part in name.rpartition(".")[0].split("."):
         owner = owner[int(part)] if part.isdigit() else getattr(owner, part)
-    if hasattr(owner, "out_features"):
-        return owner.out_features, owner.in_features
-    return owner.vocab, owner.width
+    return owner.rows, owner.cols
 
 
 def check_tensors(ckpt: Checkpoint, named_params, model) -> None:
