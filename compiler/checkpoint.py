@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from pathlib import Path
 
 from air.errors import AirError
+from air.runtime.manifest import sha256_file
 from air.runtime.tensor_file import SafetensorsFile
 
 from .spec import DecoderSpec, spec_from_config
@@ -38,14 +38,6 @@ class Checkpoint:
         files = {"config.json"} | {f.path.name for f in self.tensor_files.values()}
         files |= {name for name in TOKENIZER_FILES + ("generation_config.json",) if (self.path / name).exists()}
         return {name: sha256_file(self.path / name) for name in sorted(files)}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _read_json(path: Path, what: str) -> dict:

@@ -118,7 +118,7 @@ class KVLayout:
         s = self.spec
         layers, kv_heads, dim, half = s.num_layers, s.num_kv_heads, s.head_dim, s.head_dim // 2
         kind, storage, packed = self.kind, self.storage_dtype, self.packed_dim
-        slot_of = self._slot_macro()
+        slot_of = self._slot_of()
         store = _STORE_MACROS[kind]
         scale_shape = self._scale_shape
 
@@ -167,7 +167,7 @@ class KVLayout:
         storage, packed = self.storage_dtype, self.packed_dim
         scale = 1.0 / math.sqrt(dim)
         windowed, sinks, window = self.windowed, self.sinks, self.window
-        slot_of = self._slot_macro()
+        slot_of = self._slot_of()
         scale_shape = self._scale_shape
         score, accumulate = _SCORE_MACROS[self.kind], _ACCUMULATE_MACROS[self.kind]
 
@@ -242,16 +242,14 @@ class KVLayout:
     def _scale_shape(self, capacity):
         return self.tensor_shapes(capacity)[1][0]
 
-    def _slot_macro(self):
-        return _slot_expr(self.sinks, self.ring, self.windowed)
-
-
-def _slot_expr(sinks: int, ring: int, windowed: bool):
-    """Position -> cache slot: identity, or sinks then a ring of `ring` slots."""
-    if not windowed:
-        return lambda pos: pos
-    return lambda pos: T.if_then_else(pos < T.int64(sinks), pos,
-                                      T.int64(sinks) + T.floormod(pos - T.int64(sinks), T.int64(ring)))
+    def _slot_of(self):
+        """Position -> cache slot (an expression builder for the kernels): the identity, or the
+        sinks then a ring of `ring` slots."""
+        if not self.windowed:
+            return lambda pos: pos
+        sinks, ring = self.sinks, self.ring
+        return lambda pos: T.if_then_else(pos < T.int64(sinks), pos,
+                                          T.int64(sinks) + T.floormod(pos - T.int64(sinks), T.int64(ring)))
 
 
 @T.macro
