@@ -14,13 +14,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+from typing import NamedTuple
 
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from . import quant
+from . import quant, row_kernels
 
 FORMATS = ("f32", "f16", "q8", "q4")
 _DENSE_DTYPE = {"f32": "float32", "f16": "float16"}
@@ -36,21 +37,38 @@ class WeightFormat:
         return self.scheme in quant.SCHEMES
 
 
+# Building a kernel parses a TVMScript function (the matmul's is large): once per shape.
 @functools.lru_cache(maxsize=None)
-def _linear_funcs(scheme: str, n: int, k: int, target: str):
-    # Building a quantized kernel parses a large TVMScript function: once per shape.
-    return quant.build_linear_funcs(scheme, n, k, Target(json.loads(target)))
+def _matmul_kernel(scheme: str, n: int, k: int, target: str):
+    return quant.matmul_kernel(scheme, n, k, Target(json.loads(target)))
 
 
-def quantized_matmul(x, qs, scales, scheme: str, n: int, k: int, target: str):
-    (_, quantize), (_, matmul) = _linear_funcs(scheme, n, k, target)
-    m = x.shape[0]
+_quantize_kernel = functools.lru_cache(maxsize=None)(quant.quantize_kernel)
+
+
+class QuantizedRows(NamedTuple):
+    """Activations quantized per row and 32-block (quant.quantize_block): what the packed
+    formats' matmuls read. Made once per input and shared by the matmuls that read it."""
+    xq: nn.Tensor
+    xd: nn.Tensor
+    xs: nn.Tensor
+
+
+def quantize_rows(x: nn.Tensor) -> QuantizedRows:
+    m, k = x.shape
+    return QuantizedRows(*op.tensor_ir_op(_quantize_kernel(int(k)), "quantize_rows", [x],
+                                          quantized_rows_placeholders(m, int(k))))
+
+
+def quantized_rows_placeholders(m, k: int) -> list[nn.Tensor]:
     blocks = k // quant.BLOCK
-    xq, xd, xs = op.tensor_ir_op(quantize, "quantize_rows", [x], [
-        nn.Tensor.placeholder((m, k // 4), "int32"), nn.Tensor.placeholder((m, blocks), "float32"),
-        nn.Tensor.placeholder((m, blocks), "float32")])
-    return op.tensor_ir_op(matmul, f"matmul_{scheme}", [xq, xd, xs, qs, scales],
-                           nn.Tensor.placeholder((m, n), "float32"))
+    return [nn.Tensor.placeholder((m, k // 4), "int32"), nn.Tensor.placeholder((m, blocks), "float32"),
+            nn.Tensor.placeholder((m, blocks), "float32")]
+
+
+def quantized_matmul(x: QuantizedRows, qs, scales, scheme: str, n: int, k: int, target: str):
+    return op.tensor_ir_op(_matmul_kernel(scheme, n, k, target), f"matmul_{scheme}", [*x, qs, scales],
+                           nn.Tensor.placeholder((x.xq.shape[0], n), "float32"))
 
 
 def packed_shapes(scheme: str, n: int, k: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -72,8 +90,10 @@ class _Matrix(nn.Module):
             self.weight = nn.Parameter((rows, cols), _DENSE_DTYPE[fmt.scheme])
 
     def _times(self, x):
+        """x: f32 rows, or (packed formats) rows already quantized by a fused kernel."""
         if self.fmt.quantized:
-            return quantized_matmul(x, self.qs, self.scales, self.fmt.scheme, self.rows, self.cols, self.fmt.target)
+            rows = x if isinstance(x, QuantizedRows) else quantize_rows(x)
+            return quantized_matmul(rows, self.qs, self.scales, self.fmt.scheme, self.rows, self.cols, self.fmt.target)
         weight = self.weight
         if weight.dtype != "float32":
             weight = op.astype(weight, "float32")  # fused into the matmul's loads
@@ -109,6 +129,38 @@ class Embedding(_Matrix):
     def as_lm_head(self, hidden):
         """Logits against the same table (tied embeddings)."""
         return self._times(hidden)
+
+
+class RMSNorm(nn.Module):
+    """RMSNorm writing what the next matmul reads (f32 rows, or QuantizedRows for the packed
+    formats; fmt None: always f32). Called with `delta`, it first adds it to the residual
+    stream x and returns (x + delta, normed): one kernel (row_kernels.rms_norm_kernel)."""
+
+    def __init__(self, width: int, eps: float, fmt: WeightFormat | None):
+        self.width, self.eps = width, eps
+        self.quantized = fmt is not None and fmt.quantized
+        self.weight = nn.Parameter((width,), "float32")
+
+    def forward(self, x, delta=None):
+        n = x.shape[0]
+        kernel = row_kernels.rms_norm_kernel(self.width, self.eps, delta is not None, self.quantized)
+        outputs = (quantized_rows_placeholders(n, self.width) if self.quantized
+                   else [nn.Tensor.placeholder((n, self.width), "float32")])
+        if delta is None:
+            result = op.tensor_ir_op(kernel, "rms_norm", [x, self.weight], outputs)
+            return QuantizedRows(*result) if self.quantized else result
+        total, *normed = op.tensor_ir_op(kernel, "add_rms_norm", [x, delta, self.weight],
+                                         [nn.Tensor.placeholder((n, self.width), "float32"), *outputs])
+        return total, (QuantizedRows(*normed) if self.quantized else normed[0])
+
+
+def swiglu(gate, up, fmt: WeightFormat):
+    """silu(gate) * up, in the form the down projection reads (one kernel)."""
+    n, width = gate.shape[0], int(gate.shape[1])
+    kernel = row_kernels.swiglu_kernel(width, fmt.quantized)
+    if fmt.quantized:
+        return QuantizedRows(*op.tensor_ir_op(kernel, "swiglu", [gate, up], quantized_rows_placeholders(n, width)))
+    return op.tensor_ir_op(kernel, "swiglu", [gate, up], nn.Tensor.placeholder((n, width), "float32"))
 
 
 def _dense_lookup_kernel(vocab: int, width: int, dtype: str):

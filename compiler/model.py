@@ -17,7 +17,7 @@ from tvm.relax.frontend.nn import op
 from tvm.script import tirx as T
 
 from .kv_layouts import KVLayout
-from .layers import Embedding, Linear, WeightFormat
+from .layers import Embedding, Linear, RMSNorm, WeightFormat, swiglu
 from .spec import DecoderSpec
 
 
@@ -30,17 +30,19 @@ class Attention(nn.Module):
         self.v_proj = Linear(s.hidden_size, s.num_kv_heads * s.head_dim, s.qkv_bias, fmt)
         self.o_proj = Linear(s.num_heads * s.head_dim, s.hidden_size, s.o_bias, fmt)
         if s.qk_norm:
-            self.q_norm = nn.RMSNorm(s.head_dim, -1, s.rms_norm_eps, bias=False)
-            self.k_norm = nn.RMSNorm(s.head_dim, -1, s.rms_norm_eps, bias=False)
+            self.q_norm = RMSNorm(s.head_dim, s.rms_norm_eps, None)
+            self.k_norm = RMSNorm(s.head_dim, s.rms_norm_eps, None)
 
     def forward(self, x, cache, layer: int, start_pos, inv_freq, kv: KVLayout):
         s = self.spec
-        n = x.shape[0]
-        q = op.reshape(self.q_proj(x), (n, s.num_heads, s.head_dim))
-        k = op.reshape(self.k_proj(x), (n, s.num_kv_heads, s.head_dim))
-        v = op.reshape(self.v_proj(x), (n, s.num_kv_heads, s.head_dim))
-        if s.qk_norm:
-            q, k = self.q_norm(q), self.k_norm(k)
+        n = x[0].shape[0] if isinstance(x, tuple) else x.shape[0]
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        if s.qk_norm:  # per head: rows of head_dim
+            q = self.q_norm(op.reshape(q, (n * s.num_heads, s.head_dim)))
+            k = self.k_norm(op.reshape(k, (n * s.num_kv_heads, s.head_dim)))
+        q = op.reshape(q, (n, s.num_heads, s.head_dim))
+        k = op.reshape(k, (n, s.num_kv_heads, s.head_dim))
+        v = op.reshape(v, (n, s.num_kv_heads, s.head_dim))
         layer_index = tirx.IntImm("int64", layer)
         data, scales = cache
         # RoPE is applied inside the cache kernels (keys on append, queries in attention).
@@ -72,33 +74,39 @@ def _last_row_kernel(width: int):
 class MLP(nn.Module):
     def __init__(self, spec: DecoderSpec, fmt: WeightFormat):
         s = spec
+        self.fmt = fmt
         self.gate_proj = Linear(s.hidden_size, s.intermediate_size, s.mlp_bias, fmt)
         self.up_proj = Linear(s.hidden_size, s.intermediate_size, s.mlp_bias, fmt)
         self.down_proj = Linear(s.intermediate_size, s.hidden_size, s.mlp_bias, fmt)
 
     def forward(self, x):
-        return self.down_proj(op.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x), self.fmt))
 
 
 class DecoderLayer(nn.Module):
     def __init__(self, spec: DecoderSpec, fmt: WeightFormat):
-        self.input_layernorm = nn.RMSNorm(spec.hidden_size, -1, spec.rms_norm_eps, bias=False)
+        self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, fmt)
         self.self_attn = Attention(spec, fmt)
-        self.post_attention_layernorm = nn.RMSNorm(spec.hidden_size, -1, spec.rms_norm_eps, bias=False)
+        self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, fmt)
         self.mlp = MLP(spec, fmt)
 
-    def forward(self, x, cache, layer, start_pos, inv_freq, kv):
-        attn_out, cache = self.self_attn(self.input_layernorm(x), cache, layer, start_pos, inv_freq, kv)
-        x = x + attn_out
-        x = x + self.mlp(self.post_attention_layernorm(x))
-        return x, cache
+    def forward(self, x, delta, cache, layer, start_pos, inv_freq, kv):
+        """x: the residual stream; delta: what the previous layer adds to it (None before the
+        first), added inside the norm's kernel. Returns (x, this layer's delta, cache)."""
+        if delta is None:
+            h = self.input_layernorm(x)
+        else:
+            x, h = self.input_layernorm(x, delta)
+        attn_out, cache = self.self_attn(h, cache, layer, start_pos, inv_freq, kv)
+        x, h = self.post_attention_layernorm(x, attn_out)
+        return x, self.mlp(h), cache
 
 
 class Backbone(nn.Module):
     def __init__(self, spec: DecoderSpec, fmt: WeightFormat):
         self.embed_tokens = Embedding(spec.vocab_size, spec.hidden_size, fmt)
         self.layers = nn.ModuleList([DecoderLayer(spec, fmt) for _ in range(spec.num_layers)])
-        self.norm = nn.RMSNorm(spec.hidden_size, -1, spec.rms_norm_eps, bias=False)
+        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, fmt)
 
 
 class CausalLM(nn.Module):
@@ -111,13 +119,15 @@ class CausalLM(nn.Module):
         # Built by the compiler from the config (not a checkpoint tensor).
         self.rope_inv_freq = nn.Parameter((spec.head_dim // 2,), "float32")
 
-    def _hidden(self, tokens, cache, start_pos):
-        x = self.model.embed_tokens.lookup(tokens)
+    def _residual(self, tokens, cache, start_pos):
+        """The residual stream after the last layer, as (x, last delta): the final norm adds them."""
+        x, delta = self.model.embed_tokens.lookup(tokens), None
         for index, layer in enumerate(self.model.layers):
-            x, cache = layer(x, cache, index, start_pos, self.rope_inv_freq, self.kv)
-        return self.model.norm(x), cache
+            x, delta, cache = layer(x, delta, cache, index, start_pos, self.rope_inv_freq, self.kv)
+        return x, delta
 
-    def _logits(self, hidden):
+    def _logits(self, x, delta):
+        _, hidden = self.model.norm(x, delta)
         if self.spec.tie_word_embeddings:
             return self.model.embed_tokens.as_lm_head(hidden)
         return self.lm_head(hidden)
@@ -125,20 +135,18 @@ class CausalLM(nn.Module):
     # Every argument is a tensor (no tuples, no shapes) so that the functions can also be
     # called over TVM RPC for measurement: (tokens, cache data, cache scales, start [1] int64, *weights).
     def prefill(self, tokens, cache_data, cache_scales, start):
-        hidden, _ = self._hidden(tokens, (cache_data, cache_scales), start)
-        last = op.tensor_ir_op(
-            _last_row_kernel(self.spec.hidden_size), "last_row", [hidden],
-            nn.Tensor.placeholder((1, self.spec.hidden_size), "float32"),
-        )
-        return self._logits(last)
+        x, delta = self._residual(tokens, (cache_data, cache_scales), start)
+        last_row = _last_row_kernel(self.spec.hidden_size)
+        width = self.spec.hidden_size
+        x, delta = (op.tensor_ir_op(last_row, "last_row", [t], nn.Tensor.placeholder((1, width), "float32"))
+                    for t in (x, delta))
+        return self._logits(x, delta)
 
     def decode(self, token, cache_data, cache_scales, start):
-        hidden, _ = self._hidden(token, (cache_data, cache_scales), start)
-        return self._logits(hidden)
+        return self._logits(*self._residual(token, (cache_data, cache_scales), start))
 
     def verify(self, tokens, cache_data, cache_scales, start):
-        hidden, _ = self._hidden(tokens, (cache_data, cache_scales), start)
-        return self._logits(hidden)
+        return self._logits(*self._residual(tokens, (cache_data, cache_scales), start))
 
     def export_spec(self) -> dict:
         (data_shape, data_dtype), (scales_shape, scales_dtype) = self.kv.tensor_shapes("capacity")

@@ -200,23 +200,26 @@ def build_linear_funcs(scheme: str, n: int, k: int, target: Target, path: str | 
             (f"matmul_{scheme}_n{n}_k{k}", matmul_kernel(scheme, n, k, target, path))]
 
 
+@T.macro
+def quantize_block(src, src_row, xq, xd, xs, q, row, b):
+    """Block b of src[src_row] -> row `row` of (xq, xd, xs); q: a local int32 [BLOCK] buffer.
+    Shared with the fused row kernels (row_kernels.py), so every path quantizes alike."""
+    # 32 lanes at once: LLVM splits them into the target's vectors.
+    amax: T.let[T.float32] = T.call_llvm_pure_intrin(
+        "float32", "llvm.vector.reduce.fmax", T.fabs(src[src_row, T.ramp(b * BLOCK, 1, BLOCK)]))
+    inv: T.let[T.float32] = T.if_then_else(amax > T.float32(0), T.float32(127) / amax, T.float32(0))
+    q[T.ramp(0, 1, BLOCK)] = T.Cast("int32x32", T.nearbyint(src[src_row, T.ramp(b * BLOCK, 1, BLOCK)]
+                                                             * T.Broadcast(inv, BLOCK)))
+    xd[row, b] = amax / T.float32(127)
+    xs[row, b] = xd[row, b] * T.Cast("float32", T.call_llvm_pure_intrin(
+        "int32", "llvm.vector.reduce.add", q[T.ramp(0, 1, BLOCK)]))
+    xq[row, T.ramp(b * 8, 1, 8)] = T.reinterpret("int32x8", T.Cast("int8x32", q[T.ramp(0, 1, BLOCK)]))
+
+
 def quantize_kernel(k: int):
     """(x [m, K] f32, xq [m, K/4] i32, xd [m, K/32] f32, xs [m, K/32] f32): one row at a time."""
     _check(SCHEMES[0], 1, k)
     blocks = k // BLOCK
-
-    @T.macro
-    def quantize_block(x, xq, xd, xs, q, row, b):
-        # 32 lanes at once: LLVM splits them into the target's vectors.
-        amax: T.let[T.float32] = T.call_llvm_pure_intrin(
-            "float32", "llvm.vector.reduce.fmax", T.fabs(x[row, T.ramp(b * BLOCK, 1, BLOCK)]))
-        inv: T.let[T.float32] = T.if_then_else(amax > T.float32(0), T.float32(127) / amax, T.float32(0))
-        q[T.ramp(0, 1, BLOCK)] = T.Cast("int32x32", T.nearbyint(x[row, T.ramp(b * BLOCK, 1, BLOCK)]
-                                                                 * T.Broadcast(inv, BLOCK)))
-        xd[row, b] = amax / T.float32(127)
-        xs[row, b] = xd[row, b] * T.Cast("float32", T.call_llvm_pure_intrin(
-            "int32", "llvm.vector.reduce.add", q[T.ramp(0, 1, BLOCK)]))
-        xq[row, T.ramp(b * 8, 1, 8)] = T.reinterpret("int32x8", T.Cast("int8x32", q[T.ramp(0, 1, BLOCK)]))
 
     @T.macro
     def quantize_row(x, xq, xd, xs, row):
@@ -225,7 +228,7 @@ def quantize_kernel(k: int):
             T.writes(xq[row, 0:k // 4], xd[row, 0:blocks], xs[row, 0:blocks])
             q = T.sblock_alloc_buffer((BLOCK,), "int32")
             for b in T.serial(blocks):
-                quantize_block(x, xq, xd, xs, q, row, b)
+                quantize_block(x, row, xq, xd, xs, q, row, b)
 
     @T.prim_func(private=True, s_tir=True)
     def quantize_rows(var_x: T.handle, var_xq: T.handle, var_xd: T.handle, var_xs: T.handle):
