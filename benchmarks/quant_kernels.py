@@ -23,28 +23,14 @@ import statistics
 
 import numpy as np
 import tvm
-from tvm import te
 from tvm.script import tirx as T
 
 import air.targets
-from air.compiler import quant, schedules
+from air.compiler import dense, quant
 
 SHAPES = [(896, 896), (128, 896), (4864, 896), (896, 4864), (151936, 896)]
 ROOFLINE_GBS = 52.9  # best compiled read loop on this machine, 2 threads (shared/PEERS.md)
 FLUSH = "cache_flush_cpu_non_first_arg"
-
-
-def f32_matmul(n: int, k: int, target: tvm.target.Target):
-    """y = x @ w.T in f32 with the project's own schedule rule (the unquantized baseline)."""
-    m = tvm.tirx.Var("m", "int64")
-    x = te.placeholder((m, k), "float32", "x")
-    w = te.placeholder((n, k), "float32", "w")
-    r = te.reduce_axis((0, k), "r")
-    y = te.compute((m, n), lambda i, j: te.sum(x[i, r] * w[j, r], axis=r), name="y")
-    mod = tvm.IRModule({"main": te.create_prim_func([x, w, y])})
-    with target:
-        mod = schedules.apply_cpu_schedules()(mod)
-    return mod["main"]
 
 
 def read_loop(total_bytes: int, tasks: int = 64):
@@ -103,7 +89,8 @@ def shape_variants(n, k, schemes, rows, target, path, rng):
     variants = {}
     for scheme in schemes:
         if scheme == "f32":
-            module, w = compile_one(f32_matmul(n, k, target), "mm", target), tvm.runtime.tensor(weight, dev)
+            module = compile_one(dense.matmul_kernel(n, k, "float32", target), "mm", target)
+            w = tvm.runtime.tensor(dense.pack(weight, "float32"), dev)
             for m in rows:
                 variants[scheme, m] = Variant(module, "mm", [tvm.runtime.tensor(x[m], dev), w, y[m]], weight.nbytes)
             continue

@@ -6,6 +6,8 @@ import dataclasses
 import json
 from pathlib import Path
 
+import numpy as np
+
 from air.errors import AirError
 from air.runtime.manifest import sha256_file
 from air.runtime.tensor_file import SafetensorsFile

@@ -1,7 +1,7 @@
 """Linear layers and embedding tables in the recipe's weight format.
 
-  f32, f16   dense weights ([out, in], read in place by the NT matmul schedule; f16 is widened
-             inside the matmul's loads, never copied)
+  f32, f16   dense weights in tiles of 16 output rows (compiler/dense.py); f16 is widened
+             inside the matmul's loads, never copied
   q8, q4     packed blocks of 32 (compiler/quant.py): activations quantized per row to int8,
              integer dot products, dequantization inside the kernel
 
@@ -21,10 +21,9 @@ from tvm.relax.frontend.nn import op
 from tvm.script import tirx as T
 from tvm.target import Target
 
-from . import quant, row_kernels
+from . import dense, quant, row_kernels
 
 FORMATS = ("f32", "f16", "q8", "q4")
-_DENSE_DTYPE = {"f32": "float32", "f16": "float16"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +40,11 @@ class WeightFormat:
 @functools.lru_cache(maxsize=None)
 def _matmul_kernel(scheme: str, n: int, k: int, target: str):
     return quant.matmul_kernel(scheme, n, k, Target(json.loads(target)))
+
+
+@functools.lru_cache(maxsize=None)
+def _dense_matmul_kernel(n: int, k: int, dtype: str, target: str):
+    return dense.matmul_kernel(n, k, dtype, Target(json.loads(target)))
 
 
 _quantize_kernel = functools.lru_cache(maxsize=None)(quant.quantize_kernel)
@@ -77,8 +81,9 @@ def packed_shapes(scheme: str, n: int, k: int) -> tuple[tuple[int, int], tuple[i
 
 
 class _Matrix(nn.Module):
-    """A [rows, cols] weight matrix in the weight format, multiplied as x M^T. Parameter names
-    follow nn.Linear's ("weight"), or "qs" and "scales" for the packed formats."""
+    """A [rows, cols] weight matrix in the weight format, multiplied as x M^T. Parameters:
+    "tiles" (dense formats) or "qs" and "scales" (packed), all made from the checkpoint's
+    "<name>.weight" (compiler/weights.py)."""
 
     def _declare(self, rows: int, cols: int, fmt: WeightFormat) -> None:
         self.rows, self.cols, self.fmt = rows, cols, fmt
@@ -87,17 +92,16 @@ class _Matrix(nn.Module):
             self.qs = nn.Parameter(qs_shape, "uint8")
             self.scales = nn.Parameter(scales_shape, "float16")
         else:
-            self.weight = nn.Parameter((rows, cols), _DENSE_DTYPE[fmt.scheme])
+            self.tiles = nn.Parameter(dense.packed_shape(rows, cols), dense.DTYPES[fmt.scheme])
 
     def _times(self, x):
         """x: f32 rows, or (packed formats) rows already quantized by a fused kernel."""
         if self.fmt.quantized:
             rows = x if isinstance(x, QuantizedRows) else quantize_rows(x)
             return quantized_matmul(rows, self.qs, self.scales, self.fmt.scheme, self.rows, self.cols, self.fmt.target)
-        weight = self.weight
-        if weight.dtype != "float32":
-            weight = op.astype(weight, "float32")  # fused into the matmul's loads
-        return op.matmul(x, op.permute_dims(weight))
+        kernel = _dense_matmul_kernel(self.rows, self.cols, self.tiles.dtype, self.fmt.target)
+        return op.tensor_ir_op(kernel, "matmul_dense", [x, self.tiles],
+                               nn.Tensor.placeholder((x.shape[0], self.rows), "float32"))
 
 
 class Linear(_Matrix):
@@ -123,8 +127,8 @@ class Embedding(_Matrix):
         if self.fmt.quantized:
             kernel = _packed_lookup_kernel(self.fmt.scheme, self.rows, self.cols)
             return op.tensor_ir_op(kernel, "embed", [tokens, self.qs, self.scales], out)
-        kernel = _dense_lookup_kernel(self.rows, self.cols, self.weight.dtype)
-        return op.tensor_ir_op(kernel, "embed", [tokens, self.weight], out)
+        kernel = _dense_lookup_kernel(self.rows, self.cols, self.tiles.dtype)
+        return op.tensor_ir_op(kernel, "embed", [tokens, self.tiles], out)
 
     def as_lm_head(self, hidden):
         """Logits against the same table (tied embeddings)."""
@@ -164,8 +168,11 @@ def swiglu(gate, up, fmt: WeightFormat):
 
 
 def _dense_lookup_kernel(vocab: int, width: int, dtype: str):
+    """Rows of a dense table in tiles (dense.pack: row t * width + k holds token 16t + lane's k)."""
+    shape = dense.packed_shape(vocab, width)
+
     @T.prim_func(private=True, s_tir=True)
-    def embed(var_tokens: T.handle, table: T.Buffer((vocab, width), dtype), var_out: T.handle):
+    def embed(var_tokens: T.handle, tiles: T.Buffer(shape, dtype), var_out: T.handle):
         T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True})  # hand-written: never fused or rescheduled
         n = T.int64()
         tokens = T.match_buffer(var_tokens, (n,), "int32")
@@ -173,7 +180,8 @@ def _dense_lookup_kernel(vocab: int, width: int, dtype: str):
         for t, i in T.grid(n, width):
             with T.sblock("embed"):
                 vt, vi = T.axis.remap("SS", [t, i])
-                out[vt, vi] = T.Cast("float32", table[T.Cast("int64", tokens[vt]), vi])
+                token: T.let[T.int64] = T.Cast("int64", tokens[vt])
+                out[vt, vi] = T.Cast("float32", tiles[token // 16 * width + vi, token % 16])
 
     return embed
 

@@ -10,14 +10,12 @@ from .schedules import apply_cpu_schedules
 
 
 def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
-    """TVM's CPU pipeline plus what it lacks: no weight transposes, and schedules."""
+    """TVM's CPU pipeline plus the schedules it lacks."""
 
     @tvm.transform.module_pass(opt_level=0)
     def _pipeline(mod: tvm.IRModule, _ctx) -> tvm.IRModule:
         with target:
             passes = [
-                # matmul(x, permute_dims(w)) reads w in place instead of copying it per call.
-                relax.transform.FuseTransposeMatmul(),
                 *cpu_pipeline.legalize_passes(target),
                 relax.transform.DeadCodeElimination(),
                 apply_cpu_schedules(),

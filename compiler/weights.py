@@ -1,7 +1,8 @@
 """Checkpoint tensors -> the compiled model's parameters, in its order, checked and converted.
 
-Dense parameters are the checkpoint tensor of the same name, cast to the parameter's dtype;
-packed ones ("<layer>.qs", "<layer>.scales") come from quantizing "<layer>.weight".
+Plain parameters (norms, biases) are the checkpoint tensor of the same name, cast to the
+parameter's dtype; a layer's weight matrix becomes "<layer>.tiles" (dense formats, dense.pack)
+or "<layer>.qs" and "<layer>.scales" (quantized, quant.pack), made from "<layer>.weight".
 """
 
 from __future__ import annotations
@@ -13,13 +14,13 @@ from safetensors.numpy import save_file
 
 from air.errors import AirError
 
-from . import quant
+from . import dense, quant
 from .checkpoint import Checkpoint
 from .rope import inverse_frequencies
 
 # Parameters the compiler makes itself rather than reading from the checkpoint.
 DERIVED = {"rope_inv_freq": lambda ckpt: inverse_frequencies(ckpt.spec)}
-PACKED = ("qs", "scales")
+PACKED = ("qs", "scales", "tiles")
 
 
 def source_of(name: str) -> str:
@@ -62,10 +63,16 @@ def write_weights(ckpt: Checkpoint, named_params, scheme: str, path: Path) -> in
                 raise AirError(f"{ckpt.path}: tensor '{source_of(name)}' contains NaN or infinity")
             if name.rpartition(".")[2] in PACKED:
                 if source_of(name) not in packed:
-                    packed[source_of(name)] = quant.pack(np.asarray(source, dtype=np.float32), scheme)
+                    packed[source_of(name)] = _pack(np.asarray(source, dtype=np.float32), scheme)
                 array = packed[source_of(name)][name.rpartition(".")[2]]
             else:
                 array = source
         tensors[name] = np.ascontiguousarray(array, dtype=param.dtype)
     save_file(tensors, str(path))
     return sum(a.nbytes for a in tensors.values())
+
+
+def _pack(weight: np.ndarray, scheme: str) -> dict[str, np.ndarray]:
+    if scheme in quant.SCHEMES:
+        return quant.pack(weight, scheme)
+    return {"tiles": dense.pack(weight, dense.DTYPES[scheme])}

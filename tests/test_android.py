@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import pytest
-import tvm
 
 from checkpoints import make_checkpoint
 

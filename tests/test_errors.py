@@ -119,8 +119,6 @@ def test_missing_checkpoint_folder(tmp_path):
 
 
 def test_missing_shard(tmp_path):
-    import transformers
-
     from checkpoints import load_reference
 
     source = make_checkpoint(tmp_path / "single", "llama")

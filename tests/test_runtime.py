@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 
 from air.runtime import Bundle
 from air.runtime.sampling import probabilities
