@@ -22,10 +22,11 @@ from tvm.script import tirx as T
 from tvm.target import Target
 from tvm.target.codegen import llvm_get_vector_width
 
-from .quant import SERIAL_BYTES, TILE, _tiles
+from .quant import SERIAL_BYTES, TILE, _tiles, prefetch
 
 DTYPES = {"f32": "float32", "f16": "float16"}
 _ITEMSIZE = {"float32": 4, "float16": 2}
+PREFETCH_ROWS = 32  # weight rows hinted ahead (quant.prefetch); 2 KB in f32, best of 16 / 32 / 48
 
 
 def pack(weight: np.ndarray, dtype: str) -> np.ndarray:
@@ -73,6 +74,8 @@ def matmul_kernel(n: int, k: int, dtype: str, target: Target):
             even[r, lanes] = T.Broadcast(T.float32(0), TILE)
             odd[r, lanes] = T.Broadcast(T.float32(0), TILE)
         for i in T.serial(half):
+            prefetch(w, t * k + 2 * i + PREFETCH_ROWS)
+            prefetch(w, t * k + 2 * i + 1 + PREFETCH_ROWS)
             wv[lanes] = T.Cast("float32x16", w[t * k + 2 * i, lanes])
             for r in T.unroll(count):
                 even[r, lanes] = even[r, lanes] + term(x, row0 + r, 2 * i, wv)

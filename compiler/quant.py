@@ -178,6 +178,17 @@ def activations_f32(xq: np.ndarray, xd: np.ndarray) -> np.ndarray:
 
 # -- kernels (TIR) ---------------------------------------------------------------------------------
 
+def prefetch(buffer, row, column=0):
+    """Hint the cache line holding buffer[row, column] (read, keep in all levels); a hint past
+    the end of the buffer is harmless. The dense matmul hints its weight stream 2 KB ahead:
+    with several activation rows per weight load the hardware prefetcher alone left DRAM idle
+    between bursts (f32, 100 MB, 5 rows: 2.2x the time of 1 row without, 1.25x with). The
+    packed kernels here do not: hints 2 KB ahead made q4 decode 7% and q8 decode 4% slower
+    on the 0.5B shape (q8 verify(5) was 10% faster)."""
+    return T.evaluate(T.call_llvm_intrin("void", "llvm.prefetch.p0", T.address_of(buffer[row, column]),
+                                         T.int32(0), T.int32(3), T.int32(1)))
+
+
 def dot_path(target: Target) -> str:
     """How the target computes 4-byte dot products, best first (see DOT_PATHS)."""
     def has(*features):
