@@ -76,9 +76,10 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
     kv = KVLayout(spec, recipe.kv_cache, _context_length(ckpt, recipe, progress), recipe.kv_sinks, recipe.kv_window)
     if kv.windowed and kv.window + kv.sinks > kv.max_context:
         raise AirError(f"recipe {recipe.name}: kv_cache window {kv.window} + sinks {kv.sinks} exceed the context of {kv.max_context}")
-    model = CausalLM(spec, kv, WeightFormat(recipe.quantization, json.dumps(device.tvm_target)))
-    if recipe.quantization in ("q4", "q8"):
-        _check_quantizable(ckpt, recipe.quantization)
+    scheme = recipe.weight_format(role)
+    model = CausalLM(spec, kv, WeightFormat(scheme, json.dumps(device.tvm_target)))
+    if scheme in ("q4", "q8"):
+        _check_quantizable(ckpt, scheme)
     module, named_params = model.export_tvm(spec=model.export_spec())
     check_tensors(ckpt, named_params, model)
     folder = staging / role
@@ -87,11 +88,11 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
                         f"hidden {spec.hidden_size}) for {device.tvm_target.get('mcpu', device.arch)}"):
         executable = compile_module(module, device.tvm_target)
         executable.export_library(str(folder / "model.so"), **device.export_options())
-    with progress.stage(f"writing {role} weights ({recipe.quantization})"):
-        weight_bytes = write_weights(ckpt, named_params, recipe.quantization, folder / "weights.safetensors")
+    with progress.stage(f"writing {role} weights ({scheme})"):
+        weight_bytes = write_weights(ckpt, named_params, scheme, folder / "weights.safetensors")
     return {
         "architecture": spec.to_dict(),
-        "quantization": recipe.quantization,
+        "quantization": scheme,
         "library": f"{role}/model.so",
         "weights": f"{role}/weights.safetensors",
         "params": [name for name, _ in named_params],

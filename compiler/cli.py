@@ -44,6 +44,8 @@ def main():
 @click.option("--output", type=click.Path(), help="Bundle folder [default: dist/<target folder name>].")
 @click.option("--max-context", type=click.IntRange(min=16), help="Override the recipe's KV-cache context length.")
 @click.option("--quantization", type=click.Choice(FORMATS), help="Override the recipe's weight format.")
+@click.option("--draft-quantization", type=click.Choice(FORMATS),
+              help="Weight format of the draft model [default: the recipe's draft_quantization, else --quantization].")
 @click.option("--kv-cache", type=click.Choice(KINDS), help="Override the recipe's KV-cache layout.")
 @click.option("--kv-window", type=click.IntRange(min=0), help="Keep only this many recent positions (0: all).")
 @click.option("--kv-sinks", type=click.IntRange(min=0), help="First positions always kept with a window.")
@@ -51,8 +53,8 @@ def main():
                              "or KEY@HOST:PORT of a tracker.")
 @click.option("--archive", is_flag=True, help="Also write the bundle as one file, <output>.air, for copying.")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def compile(target_model, draft_model, recipe, output, max_context, quantization, kv_cache, kv_window, kv_sinks,
-            rpc, archive, quiet):  # noqa: A001 - the command's name
+def compile(target_model, draft_model, recipe, output, max_context, quantization, draft_quantization, kv_cache,
+            kv_window, kv_sinks, rpc, archive, quiet):  # noqa: A001 - the command's name
     """Compile a target (and draft) model for a device recipe into a bundle."""
     from .recipe import load_recipe
 
@@ -60,7 +62,8 @@ def compile(target_model, draft_model, recipe, output, max_context, quantization
     signal.signal(signal.SIGINT, _interrupt)
     try:
         chosen = load_recipe(recipe).with_overrides(max_context=max_context, kv_cache=kv_cache, quantization=quantization,
-                                                    kv_window=kv_window, kv_sinks=kv_sinks)
+                                                    draft_quantization=draft_quantization, kv_window=kv_window,
+                                                    kv_sinks=kv_sinks)
         destination = Path(output) if output else Path("dist") / Path(target_model).resolve().name
         from .build import compile_bundle
 

@@ -13,7 +13,7 @@ from air.errors import AirError
 from .kv_layouts import KINDS
 from .layers import FORMATS
 
-_KEYS = {"device", "quantization", "kv_cache", "threads", "memory_budget_mb", "calibration_prompts", "description"}
+_KEYS = {"device", "quantization", "draft_quantization", "kv_cache", "threads", "memory_budget_mb", "calibration_prompts", "description"}
 _KV_KEYS = {"dtype", "max_context", "sinks", "window"}
 
 
@@ -22,6 +22,7 @@ class Recipe:
     name: str
     device: str
     quantization: str
+    draft_quantization: str | None  # None: the target's
     kv_cache: str
     max_context: int
     kv_sinks: int
@@ -30,6 +31,11 @@ class Recipe:
     memory_budget_mb: int
     calibration_prompts: str | None
     source: dict
+
+    def weight_format(self, role: str) -> str:
+        """The draft may be stored smaller than the target: its weights change only how many of
+        its proposals are accepted, never the output, and its time is pure overhead."""
+        return (self.draft_quantization or self.quantization) if role == "draft" else self.quantization
 
     def with_overrides(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -88,6 +94,8 @@ def load_recipe(name_or_path: str) -> Recipe:
         name=name,
         device=str(data["device"]),
         quantization=_choice(name, "quantization", data.get("quantization", "f32"), FORMATS),
+        draft_quantization=(_choice(name, "draft_quantization", data["draft_quantization"], FORMATS)
+                            if data.get("draft_quantization") is not None else None),
         kv_cache=_choice(name, "kv_cache.dtype", kv.get("dtype", "f32"), KINDS),
         max_context=_positive_int(name, "kv_cache.max_context", kv.get("max_context", 2048), 16),
         kv_sinks=_positive_int(name, "kv_cache.sinks", kv.get("sinks", 0), 0),

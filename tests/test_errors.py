@@ -89,11 +89,12 @@ def test_draft_with_same_size_but_other_tokens(good, tmp_path):
     ("no-such-device", "unknown recipe 'no-such-device'"),
     ("BAD_KEY", "unknown key 'turbo'"),
     ("BAD_VALUE", "quantization 'q3' is not one of"),
+    ("BAD_DRAFT_VALUE", "draft_quantization 'int3' is not one of"),
     ("BAD_YAML", "not valid YAML"),
 ])
 def test_bad_recipes(good, tmp_path, recipe, message):
     texts = {"BAD_KEY": "device: host\nturbo: true\n", "BAD_VALUE": "device: host\nquantization: q3\n",
-             "BAD_YAML": "device: [host\n"}
+             "BAD_DRAFT_VALUE": "device: host\ndraft_quantization: int3\n", "BAD_YAML": "device: [host\n"}
     if recipe in texts:
         path = tmp_path / "recipe.yaml"
         path.write_text(texts[recipe])

@@ -75,11 +75,16 @@ def test_packed_embedding_lookup_matches_dequantize(scheme):
 
 
 def test_speculation_on_quantized_models_stays_exact(tmp_path):
+    """A q4 target with a draft in its own format (q8), int8 KV: still the target's tokens."""
     target = make_checkpoint(tmp_path / "target", "llama", seed=9)
     draft = make_checkpoint(tmp_path / "draft", "llama", seed=10, layers=1)
-    recipe = load_recipe("host").with_overrides(max_context=128, quantization="q4", kv_cache="int8")
+    recipe = load_recipe("host").with_overrides(max_context=128, quantization="q4", draft_quantization="q8",
+                                                kv_cache="int8")
     compile_bundle(str(target), str(draft), recipe, tmp_path / "bundle", quiet=True)
     bundle = Bundle.load(tmp_path / "bundle")
+    models = bundle.manifest["models"]
+    assert (models["target"]["quantization"], models["draft"]["quantization"]) == ("q4", "q8")
+    assert "model.embed_tokens.qs" in models["draft"]["params"]
     bundle.eos_token_ids = set()
     expected = bundle.generate(prompt_ids=[5, 6, 7], max_tokens=30, speculate=0).tokens
     for k in (1, 4):
