@@ -144,10 +144,12 @@ class KVLayout:
                     h: T.let[T.int64] = th % kv_heads
                     pos: T.let[T.int64] = start[0] + t
                     slot: T.let[T.int64] = slot_of(pos)
-                    for d in T.serial(dim):
-                        angle: T.let[T.float32] = T.Cast("float32", pos) * inv_freq[d % half]
-                        partner: T.let[T.float32] = T.if_then_else(d < half, -k[t, h, d + half], k[t, h, d - half])
-                        row[d] = k[t, h, d] * T.cos(angle) + partner * T.sin(angle)
+                    for d in T.serial(half):  # one cos and sin per pair of rotated values
+                        angle: T.let[T.float32] = T.Cast("float32", pos) * inv_freq[d]
+                        cos: T.let[T.float32] = T.cos(angle)
+                        sin: T.let[T.float32] = T.sin(angle)
+                        row[d] = k[t, h, d] * cos - k[t, h, d + half] * sin
+                        row[d + half] = k[t, h, d + half] * cos + k[t, h, d] * sin
                     store(row, stat, data, scales, layer, 0, h, slot)
                     for d in T.serial(dim):
                         row[d] = v[t, h, d]
@@ -173,10 +175,12 @@ class KVLayout:
 
         @T.macro
         def rotate_query(dest, t, h, qpos, inv_freq, q):
-            for d in T.serial(dim):
-                angle: T.let[T.float32] = T.Cast("float32", qpos) * inv_freq[d % half]
-                partner: T.let[T.float32] = T.if_then_else(d < half, -q[t, h, d + half], q[t, h, d - half])
-                dest[d] = (q[t, h, d] * T.cos(angle) + partner * T.sin(angle)) * T.float32(scale)
+            for d in T.serial(half):  # one cos and sin per pair of rotated values
+                angle: T.let[T.float32] = T.Cast("float32", qpos) * inv_freq[d]
+                cos: T.let[T.float32] = T.cos(angle)
+                sin: T.let[T.float32] = T.sin(angle)
+                dest[d] = (q[t, h, d] * cos - q[t, h, d + half] * sin) * T.float32(scale)
+                dest[d + half] = (q[t, h, d + half] * cos + q[t, h, d] * sin) * T.float32(scale)
 
         @T.macro
         def visit(query, qsum, st, part, acc, data, scales, layer, kh, slot):
