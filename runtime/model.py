@@ -93,9 +93,11 @@ class CompiledModel:
             raise ValueError(f"one call appends at most {self.max_append} tokens, got {len(tokens)}")
         self._check_room(len(tokens))
         self._start.copyfrom(np.array([self.length], dtype=np.int64))
-        feed = self._tokens.get(len(tokens)) or tvm.runtime.empty((len(tokens),), "int32", self.device)
-        if len(tokens) <= _REUSED_LENGTHS:
-            self._tokens[len(tokens)] = feed
+        feed = self._tokens.get(len(tokens))
+        if feed is None:
+            feed = tvm.runtime.empty((len(tokens),), "int32", self.device)
+            if len(tokens) <= _REUSED_LENGTHS:
+                self._tokens[len(tokens)] = feed
         feed.copyfrom(tokens)
         out = function(feed, *self.caches, self._start, *self.params)
         self.length += len(tokens)
