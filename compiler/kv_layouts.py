@@ -36,7 +36,14 @@ from tvm.script import tirx as T
 
 from air.errors import AirError
 
+from .row_kernels import VEC, vector_exp
 from .spec import DecoderSpec
+
+CHUNK = VEC  # positions per online-softmax step in attention (one vector of scores)
+# Below these sizes the kernels run on the calling thread: starting the pool's second thread
+# cost about 5 us here, more than a decode step's cache append or short-context attention.
+SERIAL_TASKS = 16  # (token, kv head) pairs appended
+SERIAL_VISITS = 1024  # (query, head, cached position) triples attended
 
 KINDS = ("f32", "f16", "int8", "int4")
 _STORAGE = {"f32": "float32", "f16": "float16", "int8": "int8", "int4": "uint8"}
@@ -122,6 +129,29 @@ class KVLayout:
         store = _STORE_MACROS[kind]
         scale_shape = self._scale_shape
 
+        @T.macro
+        def append_one(th, n, capacity, sc, k, v, inv_freq, data, scales, start, layer):
+            with T.sblock("append"):
+                T.reads(k[0:n, 0:kv_heads, 0:dim], v[0:n, 0:kv_heads, 0:dim], inv_freq[0:half], start[0:1])
+                T.writes(data[layer, 0:2, 0:kv_heads, 0:capacity, 0:packed],
+                         scales[0:sc[0], 0:sc[1], 0:sc[2], 0:sc[3], 0:sc[4]])
+                row = T.sblock_alloc_buffer((dim,), "float32")
+                stat = T.sblock_alloc_buffer((2,), "float32")
+                t: T.let[T.int64] = th // kv_heads
+                h: T.let[T.int64] = th % kv_heads
+                pos: T.let[T.int64] = start[0] + t
+                slot: T.let[T.int64] = slot_of(pos)
+                for d in T.serial(half):  # one cos and sin per pair of rotated values
+                    angle: T.let[T.float32] = T.Cast("float32", pos) * inv_freq[d]
+                    cos: T.let[T.float32] = T.cos(angle)
+                    sin: T.let[T.float32] = T.sin(angle)
+                    row[d] = k[t, h, d] * cos - k[t, h, d + half] * sin
+                    row[d + half] = k[t, h, d + half] * cos + k[t, h, d] * sin
+                store(row, stat, data, scales, layer, 0, h, slot)
+                for d in T.serial(dim):
+                    row[d] = v[t, h, d]
+                store(row, stat, data, scales, layer, 1, h, slot)
+
         @T.prim_func(private=True, s_tir=True)
         def kv_append(var_k: T.handle, var_v: T.handle, inv_freq: T.Buffer((half,), "float32"),
                       var_data: T.handle, var_scales: T.handle, start: T.Buffer((1,), "int64"), layer: T.int64):
@@ -133,27 +163,12 @@ class KVLayout:
             data = T.match_buffer(var_data, (layers, 2, kv_heads, capacity, packed), storage)
             sc = T.meta_var(scale_shape(capacity))
             scales = T.match_buffer(var_scales, sc, "float16")
-            for th in T.parallel(n * kv_heads):
-                with T.sblock("append"):
-                    T.reads(k[0:n, 0:kv_heads, 0:dim], v[0:n, 0:kv_heads, 0:dim], inv_freq[0:half], start[0:1])
-                    T.writes(data[layer, 0:2, 0:kv_heads, 0:capacity, 0:packed],
-                             scales[0:sc[0], 0:sc[1], 0:sc[2], 0:sc[3], 0:sc[4]])
-                    row = T.sblock_alloc_buffer((dim,), "float32")
-                    stat = T.sblock_alloc_buffer((2,), "float32")
-                    t: T.let[T.int64] = th // kv_heads
-                    h: T.let[T.int64] = th % kv_heads
-                    pos: T.let[T.int64] = start[0] + t
-                    slot: T.let[T.int64] = slot_of(pos)
-                    for d in T.serial(half):  # one cos and sin per pair of rotated values
-                        angle: T.let[T.float32] = T.Cast("float32", pos) * inv_freq[d]
-                        cos: T.let[T.float32] = T.cos(angle)
-                        sin: T.let[T.float32] = T.sin(angle)
-                        row[d] = k[t, h, d] * cos - k[t, h, d + half] * sin
-                        row[d + half] = k[t, h, d + half] * cos + k[t, h, d] * sin
-                    store(row, stat, data, scales, layer, 0, h, slot)
-                    for d in T.serial(dim):
-                        row[d] = v[t, h, d]
-                    store(row, stat, data, scales, layer, 1, h, slot)
+            if n * kv_heads <= SERIAL_TASKS:  # a small call: waking the thread pool costs more
+                for th in T.serial(n * kv_heads):
+                    append_one(th, n, capacity, sc, k, v, inv_freq, data, scales, start, layer)
+            else:
+                for th in T.parallel(n * kv_heads):
+                    append_one(th, n, capacity, sc, k, v, inv_freq, data, scales, start, layer)
 
         return kv_append
 
@@ -161,7 +176,9 @@ class KVLayout:
         """Causal attention of n new queries (un-rotated) over the cache, online softmax.
 
         One (query, head) pair per parallel task; grouped-query heads share their key/value
-        head; dequantization happens inside the dot products and the value sum.
+        head; dequantization happens inside the dot products and the value sum. Positions go
+        in chunks of CHUNK: one vector exp for their weights and one rescale of the running
+        sum per chunk (per position, two scalar exps cost more than the dot products).
         """
         s = self.spec
         layers, heads, kv_heads = s.num_layers, s.num_heads, s.num_kv_heads
@@ -183,14 +200,68 @@ class KVLayout:
                 dest[d + half] = (q[t, h, d + half] * cos + q[t, h, d] * sin) * T.float32(scale)
 
         @T.macro
-        def visit(query, qsum, st, part, acc, data, scales, layer, kh, slot):
-            score(query, qsum, st, part, data, scales, layer, kh, slot)
-            new_max: T.let[T.float32] = T.max(st[0], st[2])
-            alpha: T.let[T.float32] = T.exp(st[0] - new_max)
-            p: T.let[T.float32] = T.exp(st[2] - new_max)
-            st[1] = st[1] * alpha + p
-            st[0] = new_max
-            accumulate(acc, alpha, p, data, scales, layer, kh, slot)
+        def attend(query, qsum, st, part, acc, chunk, data, scales, layer, kh, first, count):
+            """Online softmax over positions first .. first + count - 1, CHUNK positions at a
+            time: their scores, then one vector exp and one rescale of acc per chunk."""
+            for c in T.serial((count + T.int64(CHUNK - 1)) // T.int64(CHUNK)):
+                filled: T.let[T.int64] = T.min(T.int64(CHUNK), count - c * T.int64(CHUNK))
+                for j in T.serial(filled):
+                    score(query, qsum, st, part, data, scales, layer, kh, slot_of(first + c * T.int64(CHUNK) + j))
+                    chunk[j] = st[2]
+                for j in T.serial(filled, T.int64(CHUNK)):
+                    chunk[j] = T.float32(-3.0e38)
+                new_max: T.let[T.float32] = T.max(st[0], T.call_llvm_pure_intrin(
+                    "float32", "llvm.vector.reduce.fmax", chunk[T.ramp(0, 1, CHUNK)]))
+                alpha: T.let[T.float32] = T.exp(st[0] - new_max)
+                chunk[T.ramp(0, 1, CHUNK)] = vector_exp(chunk[T.ramp(0, 1, CHUNK)] - T.Broadcast(new_max, CHUNK))
+                for j in T.serial(filled, T.int64(CHUNK)):
+                    chunk[j] = T.float32(0)
+                st[1] = st[1] * alpha + T.call_llvm_pure_intrin(
+                    "float32", "llvm.vector.reduce.fadd", T.float32(0), chunk[T.ramp(0, 1, CHUNK)])
+                st[0] = new_max
+                for d in T.vectorized(dim):
+                    acc[d] = acc[d] * alpha
+                for j in T.serial(filled):
+                    accumulate(acc, T.float32(1), chunk[j], data, scales, layer, kh,
+                               slot_of(first + c * T.int64(CHUNK) + j))
+
+        @T.macro
+        def attend_one(th, n, capacity, sc, q, inv_freq, data, scales, start, layer, out):
+            with T.sblock("attend"):
+                T.reads(q[0:n, 0:heads, 0:dim], inv_freq[0:half], start[0:1],
+                        data[layer, 0:2, 0:kv_heads, 0:capacity, 0:packed],
+                        scales[0:sc[0], 0:sc[1], 0:sc[2], 0:sc[3], 0:sc[4]])
+                T.writes(out[0:n, 0:heads, 0:dim])
+                query = T.sblock_alloc_buffer((dim,), "float32")
+                acc = T.sblock_alloc_buffer((dim,), "float32")
+                qsum = T.sblock_alloc_buffer((1,), "float32")
+                st = T.sblock_alloc_buffer((3,), "float32")  # running max, denominator, score
+                part = T.sblock_alloc_buffer((LANES,), "float32")
+                chunk = T.sblock_alloc_buffer((CHUNK,), "float32")  # scores, then weights
+                t: T.let[T.int64] = th // heads
+                h: T.let[T.int64] = th % heads
+                kh: T.let[T.int64] = h // group
+                qpos: T.let[T.int64] = start[0] + t
+                for d in T.serial(dim):
+                    acc[d] = T.float32(0)
+                st[0] = T.float32(-3.0e38)
+                st[1] = T.float32(0)
+                if windowed:
+                    oldest: T.let[T.int64] = T.max(T.int64(sinks), qpos - T.int64(window - 1))
+                    # sinks, scored as if just before the oldest kept position
+                    rotate_query(query, t, h, qpos - oldest + T.int64(sinks), inv_freq, q)
+                    _sum(query, qsum, dim)
+                    attend(query, qsum, st, part, acc, chunk, data, scales, layer, kh, T.int64(0),
+                           T.min(T.int64(sinks), qpos + 1))
+                    rotate_query(query, t, h, qpos, inv_freq, q)
+                    _sum(query, qsum, dim)
+                    attend(query, qsum, st, part, acc, chunk, data, scales, layer, kh, oldest, qpos + 1 - oldest)
+                else:
+                    rotate_query(query, t, h, qpos, inv_freq, q)
+                    _sum(query, qsum, dim)
+                    attend(query, qsum, st, part, acc, chunk, data, scales, layer, kh, T.int64(0), qpos + 1)
+                for d in T.serial(dim):
+                    out[t, h, d] = acc[d] / st[1]
 
         @T.prim_func(private=True, s_tir=True)
         def kv_attention(var_q: T.handle, inv_freq: T.Buffer((half,), "float32"), var_data: T.handle,
@@ -203,43 +274,12 @@ class KVLayout:
             sc = T.meta_var(scale_shape(capacity))
             scales = T.match_buffer(var_scales, sc, "float16")
             out = T.match_buffer(var_out, (n, heads, dim), "float32")
-            for th in T.parallel(n * heads):
-                with T.sblock("attend"):
-                    T.reads(q[0:n, 0:heads, 0:dim], inv_freq[0:half], start[0:1],
-                            data[layer, 0:2, 0:kv_heads, 0:capacity, 0:packed],
-                            scales[0:sc[0], 0:sc[1], 0:sc[2], 0:sc[3], 0:sc[4]])
-                    T.writes(out[0:n, 0:heads, 0:dim])
-                    query = T.sblock_alloc_buffer((dim,), "float32")
-                    acc = T.sblock_alloc_buffer((dim,), "float32")
-                    qsum = T.sblock_alloc_buffer((1,), "float32")
-                    st = T.sblock_alloc_buffer((3,), "float32")  # running max, denominator, score
-                    part = T.sblock_alloc_buffer((LANES,), "float32")
-                    t: T.let[T.int64] = th // heads
-                    h: T.let[T.int64] = th % heads
-                    kh: T.let[T.int64] = h // group
-                    qpos: T.let[T.int64] = start[0] + t
-                    for d in T.serial(dim):
-                        acc[d] = T.float32(0)
-                    st[0] = T.float32(-3.0e38)
-                    st[1] = T.float32(0)
-                    if windowed:
-                        oldest: T.let[T.int64] = T.max(T.int64(sinks), qpos - T.int64(window - 1))
-                        # sinks, scored as if just before the oldest kept position
-                        rotate_query(query, t, h, qpos - oldest + T.int64(sinks), inv_freq, q)
-                        _sum(query, qsum, dim)
-                        for j in T.serial(T.min(T.int64(sinks), qpos + 1)):
-                            visit(query, qsum, st, part, acc, data, scales, layer, kh, j)
-                        rotate_query(query, t, h, qpos, inv_freq, q)
-                        _sum(query, qsum, dim)
-                        for p in T.serial(qpos + 1 - oldest):
-                            visit(query, qsum, st, part, acc, data, scales, layer, kh, slot_of(oldest + p))
-                    else:
-                        rotate_query(query, t, h, qpos, inv_freq, q)
-                        _sum(query, qsum, dim)
-                        for p in T.serial(qpos + 1):
-                            visit(query, qsum, st, part, acc, data, scales, layer, kh, p)
-                    for d in T.serial(dim):
-                        out[t, h, d] = acc[d] / st[1]
+            if n * heads * (start[0] + n) <= SERIAL_VISITS:  # a small call: waking the thread pool costs more
+                for th in T.serial(n * heads):
+                    attend_one(th, n, capacity, sc, q, inv_freq, data, scales, start, layer, out)
+            else:
+                for th in T.parallel(n * heads):
+                    attend_one(th, n, capacity, sc, q, inv_freq, data, scales, start, layer, out)
 
         return kv_attention
 

@@ -31,7 +31,7 @@ def _splat(value: float):
     return T.Broadcast(T.float32(value), VEC)
 
 
-def _exp(x):
+def vector_exp(x):
     """exp of a float32xVEC expression: 2^round(t) times a degree-6 polynomial of 2^f on
     |f| <= 1/2 (relative error about 2e-7), t = x log2(e) clamped to the normal range."""
     t = T.max(T.min(x * _splat(LOG2E), _splat(126.0)), _splat(-126.0))
@@ -80,7 +80,7 @@ def _add_rows(out, x, delta, row, width):
 @T.macro
 def _swiglu_row(dest, dest_row, gate, up, row, width):
     for c in T.serial(width // VEC):
-        dest[dest_row, _vec(c)] = gate[row, _vec(c)] / (_splat(1.0) + _exp(T.float32(0) - gate[row, _vec(c)])) \
+        dest[dest_row, _vec(c)] = gate[row, _vec(c)] / (_splat(1.0) + vector_exp(T.float32(0) - gate[row, _vec(c)])) \
             * up[row, _vec(c)]
     for d in T.serial(width // VEC * VEC, width):
         dest[dest_row, d] = gate[row, d] / (T.float32(1) + T.exp(T.float32(0) - gate[row, d])) * up[row, d]
