@@ -26,7 +26,7 @@ from .quant import SERIAL_BYTES, TILE, _tiles, prefetch
 
 DTYPES = {"f32": "float32", "f16": "float16"}
 _ITEMSIZE = {"float32": 4, "float16": 2}
-PREFETCH_ROWS = 32  # weight rows hinted ahead (quant.prefetch); 2 KB in f32, best of 16 / 32 / 48
+PREFETCH_BYTES = 2048  # how far ahead the weight stream is hinted (quant.prefetch); best of 1 / 2 / 3 KB
 
 
 def pack(weight: np.ndarray, dtype: str) -> np.ndarray:
@@ -63,6 +63,8 @@ def matmul_kernel(n: int, k: int, dtype: str, target: Target):
     tasks = max(1, min(tiles, int(target.attrs.get("num-cores", 1))))
     weight_bytes = tiles * k * TILE * _ITEMSIZE[dtype]
     half, k_is_odd = k // 2, k % 2 == 1
+    itemsize = _ITEMSIZE[dtype]
+    ahead = PREFETCH_BYTES // (TILE * itemsize)  # rows
     lanes = T.ramp(0, 1, TILE)
 
     def term(x, row, kk, wv):
@@ -74,8 +76,9 @@ def matmul_kernel(n: int, k: int, dtype: str, target: Target):
             even[r, lanes] = T.Broadcast(T.float32(0), TILE)
             odd[r, lanes] = T.Broadcast(T.float32(0), TILE)
         for i in T.serial(half):
-            prefetch(w, t * k + 2 * i + PREFETCH_ROWS)
-            prefetch(w, t * k + 2 * i + 1 + PREFETCH_ROWS)
+            prefetch(w, t * k + 2 * i + ahead)  # one hint per 64-byte line: two rows of f32, one pair of f16
+            if itemsize == 4:
+                prefetch(w, t * k + 2 * i + 1 + ahead)
             wv[lanes] = T.Cast("float32x16", w[t * k + 2 * i, lanes])
             for r in T.unroll(count):
                 even[r, lanes] = even[r, lanes] + term(x, row0 + r, 2 * i, wv)

@@ -248,14 +248,20 @@ class KVLayout:
                 st[1] = T.float32(0)
                 if windowed:
                     oldest: T.let[T.int64] = T.max(T.int64(sinks), qpos - T.int64(window - 1))
-                    # sinks, scored as if just before the oldest kept position
-                    rotate_query(query, t, h, qpos - oldest + T.int64(sinks), inv_freq, q)
-                    _sum(query, qsum, dim)
-                    attend(query, qsum, st, part, acc, chunk, data, scales, layer, kh, T.int64(0),
-                           T.min(T.int64(sinks), qpos + 1))
-                    rotate_query(query, t, h, qpos, inv_freq, q)
-                    _sum(query, qsum, dim)
-                    attend(query, qsum, st, part, acc, chunk, data, scales, layer, kh, oldest, qpos + 1 - oldest)
+                    if oldest == T.int64(sinks):  # nothing evicted yet: one run, exactly as a dense cache
+                        rotate_query(query, t, h, qpos, inv_freq, q)
+                        _sum(query, qsum, dim)
+                        attend(query, qsum, st, part, acc, chunk, data, scales, layer, kh, T.int64(0), qpos + 1)
+                    else:
+                        # sinks, scored as if just before the oldest kept position
+                        rotate_query(query, t, h, qpos - oldest + T.int64(sinks), inv_freq, q)
+                        _sum(query, qsum, dim)
+                        attend(query, qsum, st, part, acc, chunk, data, scales, layer, kh, T.int64(0),
+                               T.int64(sinks))
+                        rotate_query(query, t, h, qpos, inv_freq, q)
+                        _sum(query, qsum, dim)
+                        attend(query, qsum, st, part, acc, chunk, data, scales, layer, kh, oldest,
+                               qpos + 1 - oldest)
                 else:
                     rotate_query(query, t, h, qpos, inv_freq, q)
                     _sum(query, qsum, dim)
