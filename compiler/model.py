@@ -35,8 +35,8 @@ class Attention(nn.Module):
 
     def forward(self, x, cache, layer: int, start_pos, inv_freq, kv: KVLayout):
         s = self.spec
-        n = x[0].shape[0] if isinstance(x, tuple) else x.shape[0]
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # x: f32 rows or QuantizedRows
+        n = q.shape[0]
         if s.qk_norm:  # per head: rows of head_dim
             q = self.q_norm(op.reshape(q, (n * s.num_heads, s.head_dim)))
             k = self.k_norm(op.reshape(k, (n * s.num_kv_heads, s.head_dim)))

@@ -101,7 +101,9 @@ class CompiledModel:
         feed.copyfrom(tokens)
         out = function(feed, *self.caches, self._start, *self.params)
         self.length += len(tokens)
-        return out.numpy()
+        # A view of the result, not a copy (the array keeps the tensor alive): copying a
+        # 150k-vocabulary row cost tens of microseconds per step.
+        return np.from_dlpack(out)
 
     def prefill(self, tokens, chunk: int = 256) -> np.ndarray:
         """Feed a prompt (in chunks, to bound activation memory); logits of its last position."""
