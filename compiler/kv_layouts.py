@@ -222,8 +222,7 @@ class KVLayout:
                 for d in T.vectorized(dim):
                     acc[d] = acc[d] * alpha
                 for j in T.serial(filled):
-                    accumulate(acc, T.float32(1), chunk[j], data, scales, layer, kh,
-                               slot_of(first + c * T.int64(CHUNK) + j))
+                    accumulate(acc, chunk[j], data, scales, layer, kh, slot_of(first + c * T.int64(CHUNK) + j))
 
         @T.macro
         def attend_one(th, n, capacity, sc, q, inv_freq, data, scales, start, layer, out):
@@ -392,25 +391,25 @@ def _score_int4(query, qsum, st, part, data, scales, layer, kh, slot):
 
 
 @T.macro
-def _accumulate_float(acc, alpha, p, data, scales, layer, kh, slot):
+def _accumulate_float(acc, p, data, scales, layer, kh, slot):
     for d in T.vectorized(acc.shape[0]):
-        acc[d] = acc[d] * alpha + p * T.Cast("float32", data[layer, 1, kh, slot, d])
+        acc[d] = acc[d] + p * T.Cast("float32", data[layer, 1, kh, slot, d])
 
 
 @T.macro
-def _accumulate_int8(acc, alpha, p, data, scales, layer, kh, slot):
+def _accumulate_int8(acc, p, data, scales, layer, kh, slot):
     for d in T.vectorized(acc.shape[0]):
-        acc[d] = acc[d] * alpha + p * T.Cast("float32", scales[layer, 1, kh, slot, 0]) * T.Cast(
+        acc[d] = acc[d] + p * T.Cast("float32", scales[layer, 1, kh, slot, 0]) * T.Cast(
             "float32", data[layer, 1, kh, slot, d])
 
 
 @T.macro
-def _accumulate_int4(acc, alpha, p, data, scales, layer, kh, slot):
+def _accumulate_int4(acc, p, data, scales, layer, kh, slot):
     for j in T.vectorized(acc.shape[0] // 2):
-        acc[2 * j] = acc[2 * j] * alpha + p * (
+        acc[2 * j] = acc[2 * j] + p * (
             T.Cast("float32", data[layer, 1, kh, slot, j] & T.uint8(15)) * T.Cast("float32", scales[layer, 1, kh, slot, 0])
             + T.Cast("float32", scales[layer, 1, kh, slot, 1]))
-        acc[2 * j + 1] = acc[2 * j + 1] * alpha + p * (
+        acc[2 * j + 1] = acc[2 * j + 1] + p * (
             T.Cast("float32", data[layer, 1, kh, slot, j] >> T.uint8(4)) * T.Cast("float32", scales[layer, 1, kh, slot, 0])
             + T.Cast("float32", scales[layer, 1, kh, slot, 1]))
 
