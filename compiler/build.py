@@ -89,7 +89,7 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
         executable = compile_module(module, device.tvm_target)
         executable.export_library(str(folder / "model.so"), **device.export_options())
     with progress.stage(f"writing {role} weights ({scheme})"):
-        weight_bytes = write_weights(ckpt, named_params, scheme, folder / "weights.safetensors")
+        weight_bytes = write_weights(ckpt, named_params, model, scheme, folder / "weights.safetensors")
     return {
         "architecture": spec.to_dict(),
         "quantization": scheme,

@@ -121,18 +121,22 @@ class KVLayout:
     # -- kernels ---------------------------------------------------------------------------
 
     def append_kernel(self):
-        """Rotate the new keys, quantize keys and values, store them at their slots."""
+        """Rotate the new keys, quantize keys and values, store them at their slots. The keys
+        and values are heads [heads, heads + kv_heads) and [heads + kv_heads, heads + 2 kv_heads)
+        of the fused q/k/v projection's output [n, heads + 2 kv_heads, head_dim]."""
         s = self.spec
         layers, kv_heads, dim, half = s.num_layers, s.num_kv_heads, s.head_dim, s.head_dim // 2
+        heads = s.num_heads
+        key, value = heads, heads + kv_heads  # the first key head and value head in qkv
         kind, storage, packed = self.kind, self.storage_dtype, self.packed_dim
         slot_of = self._slot_of()
         store = _STORE_MACROS[kind]
         scale_shape = self._scale_shape
 
         @T.macro
-        def append_one(th, n, capacity, sc, k, v, inv_freq, data, scales, start, layer):
+        def append_one(th, n, capacity, sc, qkv, inv_freq, data, scales, start, layer):
             with T.sblock("append"):
-                T.reads(k[0:n, 0:kv_heads, 0:dim], v[0:n, 0:kv_heads, 0:dim], inv_freq[0:half], start[0:1])
+                T.reads(qkv[0:n, key:key + 2 * kv_heads, 0:dim], inv_freq[0:half], start[0:1])
                 T.writes(data[layer, 0:2, 0:kv_heads, 0:capacity, 0:packed],
                          scales[0:sc[0], 0:sc[1], 0:sc[2], 0:sc[3], 0:sc[4]])
                 row = T.sblock_alloc_buffer((dim,), "float32")
@@ -145,35 +149,35 @@ class KVLayout:
                     angle: T.let[T.float32] = T.Cast("float32", pos) * inv_freq[d]
                     cos: T.let[T.float32] = T.cos(angle)
                     sin: T.let[T.float32] = T.sin(angle)
-                    row[d] = k[t, h, d] * cos - k[t, h, d + half] * sin
-                    row[d + half] = k[t, h, d + half] * cos + k[t, h, d] * sin
+                    row[d] = qkv[t, key + h, d] * cos - qkv[t, key + h, d + half] * sin
+                    row[d + half] = qkv[t, key + h, d + half] * cos + qkv[t, key + h, d] * sin
                 store(row, stat, data, scales, layer, 0, h, slot)
                 for d in T.serial(dim):
-                    row[d] = v[t, h, d]
+                    row[d] = qkv[t, value + h, d]
                 store(row, stat, data, scales, layer, 1, h, slot)
 
         @T.prim_func(private=True, s_tir=True)
-        def kv_append(var_k: T.handle, var_v: T.handle, inv_freq: T.Buffer((half,), "float32"),
+        def kv_append(var_qkv: T.handle, inv_freq: T.Buffer((half,), "float32"),
                       var_data: T.handle, var_scales: T.handle, start: T.Buffer((1,), "int64"), layer: T.int64):
             T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True})  # hand-written: never fused or rescheduled
             n = T.int64()
             capacity = T.int64()
-            k = T.match_buffer(var_k, (n, kv_heads, dim), "float32")
-            v = T.match_buffer(var_v, (n, kv_heads, dim), "float32")
+            qkv = T.match_buffer(var_qkv, (n, heads + 2 * kv_heads, dim), "float32")
             data = T.match_buffer(var_data, (layers, 2, kv_heads, capacity, packed), storage)
             sc = T.meta_var(scale_shape(capacity))
             scales = T.match_buffer(var_scales, sc, "float16")
             if n * kv_heads <= SERIAL_TASKS:  # a small call: waking the thread pool costs more
                 for th in T.serial(n * kv_heads):
-                    append_one(th, n, capacity, sc, k, v, inv_freq, data, scales, start, layer)
+                    append_one(th, n, capacity, sc, qkv, inv_freq, data, scales, start, layer)
             else:
                 for th in T.parallel(n * kv_heads):
-                    append_one(th, n, capacity, sc, k, v, inv_freq, data, scales, start, layer)
+                    append_one(th, n, capacity, sc, qkv, inv_freq, data, scales, start, layer)
 
         return kv_append
 
     def attention_kernel(self):
-        """Causal attention of n new queries (un-rotated) over the cache, online softmax.
+        """Causal attention of n new queries (un-rotated: heads [0, heads) of the fused q/k/v
+        projection's output) over the cache, online softmax.
 
         One (query, head) pair per parallel task; grouped-query heads share their key/value
         head; dequantization happens inside the dot products and the value sum. Positions go
@@ -269,12 +273,12 @@ class KVLayout:
                     out[t, h, d] = acc[d] / st[1]
 
         @T.prim_func(private=True, s_tir=True)
-        def kv_attention(var_q: T.handle, inv_freq: T.Buffer((half,), "float32"), var_data: T.handle,
+        def kv_attention(var_qkv: T.handle, inv_freq: T.Buffer((half,), "float32"), var_data: T.handle,
                          var_scales: T.handle, start: T.Buffer((1,), "int64"), layer: T.int64, var_out: T.handle):
             T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True})  # hand-written: never fused or rescheduled
             n = T.int64()
             capacity = T.int64()
-            q = T.match_buffer(var_q, (n, heads, dim), "float32")
+            q = T.match_buffer(var_qkv, (n, heads + 2 * kv_heads, dim), "float32")  # only heads [0, heads) are read
             data = T.match_buffer(var_data, (layers, 2, kv_heads, capacity, packed), storage)
             sc = T.meta_var(scale_shape(capacity))
             scales = T.match_buffer(var_scales, sc, "float16")

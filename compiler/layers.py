@@ -105,10 +105,16 @@ class _Matrix(nn.Module):
 
 
 class Linear(_Matrix):
-    """y = x W^T (+ b)."""
+    """y = x W^T (+ b). `parts`: ((checkpoint layer name, rows), ...) for a fused layer, whose
+    W and b are its parts' stacked along the output rows (q/k/v, gate/up): one matmul call
+    instead of two or three, and one pass over their shared input."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool, fmt: WeightFormat):
+    def __init__(self, in_features: int, out_features: int, bias: bool, fmt: WeightFormat,
+                 parts: tuple[tuple[str, int], ...] = ()):
+        if parts and sum(rows for _, rows in parts) != out_features:
+            raise ValueError(f"fused parts {parts} do not add up to {out_features} output rows")
         self._declare(out_features, in_features, fmt)
+        self.parts = parts
         self.bias = nn.Parameter((out_features,), "float32") if bias else None
 
     def forward(self, x):
@@ -158,13 +164,25 @@ class RMSNorm(nn.Module):
         return total, (QuantizedRows(*normed) if self.quantized else normed[0])
 
 
-def swiglu(gate, up, fmt: WeightFormat):
-    """silu(gate) * up, in the form the down projection reads (one kernel)."""
-    n, width = gate.shape[0], int(gate.shape[1])
+def swiglu(gate_up, fmt: WeightFormat):
+    """silu(gate) * up from the fused gate/up output [n, 2 width], in the form the down
+    projection reads (one kernel)."""
+    n, width = gate_up.shape[0], int(gate_up.shape[1]) // 2
     kernel = row_kernels.swiglu_kernel(width, fmt.quantized)
     if fmt.quantized:
-        return QuantizedRows(*op.tensor_ir_op(kernel, "swiglu", [gate, up], quantized_rows_placeholders(n, width)))
-    return op.tensor_ir_op(kernel, "swiglu", [gate, up], nn.Tensor.placeholder((n, width), "float32"))
+        return QuantizedRows(*op.tensor_ir_op(kernel, "swiglu", [gate_up], quantized_rows_placeholders(n, width)))
+    return op.tensor_ir_op(kernel, "swiglu", [gate_up], nn.Tensor.placeholder((n, width), "float32"))
+
+
+def head_norms(qkv, q_norm: "RMSNorm", k_norm: "RMSNorm", heads: int, kv_heads: int):
+    """Qwen3's per-head RMSNorm of the queries and keys in the fused q/k/v output
+    [n, heads + 2 kv_heads, head_dim] (one kernel; the values pass through)."""
+    n, period, dim = qkv.shape[0], heads + 2 * kv_heads, q_norm.width
+    kernel = row_kernels.head_norm_kernel(heads, kv_heads, dim, q_norm.eps)
+    rows = op.reshape(qkv, (n * period, dim))
+    normed = op.tensor_ir_op(kernel, "head_norm", [rows, q_norm.weight, k_norm.weight],
+                             nn.Tensor.placeholder((n * period, dim), "float32"))
+    return op.reshape(normed, (n, period, dim))
 
 
 def _dense_lookup_kernel(vocab: int, width: int, dtype: str):

@@ -17,7 +17,7 @@ from tvm.relax.frontend.nn import op
 from tvm.script import tirx as T
 
 from .kv_layouts import KVLayout
-from .layers import Embedding, Linear, RMSNorm, WeightFormat, swiglu
+from .layers import Embedding, Linear, RMSNorm, WeightFormat, head_norms, swiglu
 from .spec import DecoderSpec
 
 
@@ -25,9 +25,9 @@ class Attention(nn.Module):
     def __init__(self, spec: DecoderSpec, fmt: WeightFormat):
         self.spec = spec
         s = spec
-        self.q_proj = Linear(s.hidden_size, s.num_heads * s.head_dim, s.qkv_bias, fmt)
-        self.k_proj = Linear(s.hidden_size, s.num_kv_heads * s.head_dim, s.qkv_bias, fmt)
-        self.v_proj = Linear(s.hidden_size, s.num_kv_heads * s.head_dim, s.qkv_bias, fmt)
+        q_rows, kv_rows = s.num_heads * s.head_dim, s.num_kv_heads * s.head_dim
+        self.qkv_proj = Linear(s.hidden_size, q_rows + 2 * kv_rows, s.qkv_bias, fmt,
+                               parts=(("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows)))
         self.o_proj = Linear(s.num_heads * s.head_dim, s.hidden_size, s.o_bias, fmt)
         if s.qk_norm:
             self.q_norm = RMSNorm(s.head_dim, s.rms_norm_eps, None)
@@ -35,23 +35,22 @@ class Attention(nn.Module):
 
     def forward(self, x, cache, layer: int, start_pos, inv_freq, kv: KVLayout):
         s = self.spec
-        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # x: f32 rows or QuantizedRows
-        n = q.shape[0]
-        if s.qk_norm:  # per head: rows of head_dim
-            q = self.q_norm(op.reshape(q, (n * s.num_heads, s.head_dim)))
-            k = self.k_norm(op.reshape(k, (n * s.num_kv_heads, s.head_dim)))
-        q = op.reshape(q, (n, s.num_heads, s.head_dim))
-        k = op.reshape(k, (n, s.num_kv_heads, s.head_dim))
-        v = op.reshape(v, (n, s.num_kv_heads, s.head_dim))
+        qkv = self.qkv_proj(x)  # x: f32 rows or QuantizedRows
+        n = qkv.shape[0]
+        # [n, heads + 2 kv_heads, head_dim]: the query heads, then the key heads, then the value
+        # heads; the cache kernels read their heads from it in place.
+        qkv = op.reshape(qkv, (n, s.num_heads + 2 * s.num_kv_heads, s.head_dim))
+        if s.qk_norm:
+            qkv = head_norms(qkv, self.q_norm, self.k_norm, s.num_heads, s.num_kv_heads)
         layer_index = tirx.IntImm("int64", layer)
         data, scales = cache
         # RoPE is applied inside the cache kernels (keys on append, queries in attention).
         cache = op.tensor_ir_inplace_op(
-            kv.append_kernel(), "kv_append", [k, v, inv_freq, data, scales, start_pos, layer_index], [3, 4],
+            kv.append_kernel(), "kv_append", [qkv, inv_freq, data, scales, start_pos, layer_index], [2, 3],
             [nn.Tensor.placeholder(data.shape, data.dtype), nn.Tensor.placeholder(scales.shape, scales.dtype)],
         )
         attended = op.tensor_ir_op(
-            kv.attention_kernel(), "kv_attention", [q, inv_freq, *cache, start_pos, layer_index],
+            kv.attention_kernel(), "kv_attention", [qkv, inv_freq, *cache, start_pos, layer_index],
             nn.Tensor.placeholder((n, s.num_heads, s.head_dim), "float32"),
         )
         return self.o_proj(op.reshape(attended, (n, s.num_heads * s.head_dim))), cache
@@ -75,12 +74,13 @@ class MLP(nn.Module):
     def __init__(self, spec: DecoderSpec, fmt: WeightFormat):
         s = spec
         self.fmt = fmt
-        self.gate_proj = Linear(s.hidden_size, s.intermediate_size, s.mlp_bias, fmt)
-        self.up_proj = Linear(s.hidden_size, s.intermediate_size, s.mlp_bias, fmt)
+        width = s.intermediate_size
+        self.gate_up_proj = Linear(s.hidden_size, 2 * width, s.mlp_bias, fmt,
+                                   parts=(("gate_proj", width), ("up_proj", width)))
         self.down_proj = Linear(s.intermediate_size, s.hidden_size, s.mlp_bias, fmt)
 
     def forward(self, x):
-        return self.down_proj(swiglu(self.gate_proj(x), self.up_proj(x), self.fmt))
+        return self.down_proj(swiglu(self.gate_up_proj(x), self.fmt))
 
 
 class DecoderLayer(nn.Module):

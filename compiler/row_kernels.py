@@ -2,7 +2,9 @@
 
   rms_norm   y = x / rms(x) * w. With `residual`, the residual add before the norm is fused
              in: s = x + delta is written out (the new residual stream) and normalized.
-  swiglu     y = silu(gate) * up, with a vectorized exp (TVM's exp is a libm call per lane).
+  swiglu     y = silu(gate) * up, with a vectorized exp (TVM's exp is a libm call per lane);
+             gate and up are the two halves of the fused gate/up projection's output.
+  head_norm  Qwen3's RMSNorm of each query and key head, on the fused q/k/v output.
 
 Each writes the form its next matmul reads: f32 rows for the dense weight formats, or the
 int8 blocks of quant.quantize_block (xq, xd, xs) for the packed ones, so no separate
@@ -78,12 +80,14 @@ def _add_rows(out, x, delta, row, width):
 
 
 @T.macro
-def _swiglu_row(dest, dest_row, gate, up, row, width):
+def _swiglu_row(dest, dest_row, gate_up, row, width):
+    """gate: gate_up[row, 0:width], up: gate_up[row, width:2 width]."""
     for c in T.serial(width // VEC):
-        dest[dest_row, _vec(c)] = gate[row, _vec(c)] / (_splat(1.0) + vector_exp(T.float32(0) - gate[row, _vec(c)])) \
-            * up[row, _vec(c)]
+        dest[dest_row, _vec(c)] = gate_up[row, _vec(c)] / (_splat(1.0) + vector_exp(T.float32(0) - gate_up[row, _vec(c)])) \
+            * gate_up[row, T.ramp(width + c * VEC, 1, VEC)]
     for d in T.serial(width // VEC * VEC, width):
-        dest[dest_row, d] = gate[row, d] / (T.float32(1) + T.exp(T.float32(0) - gate[row, d])) * up[row, d]
+        dest[dest_row, d] = gate_up[row, d] / (T.float32(1) + T.exp(T.float32(0) - gate_up[row, d])) \
+            * gate_up[row, width + d]
 
 
 @T.macro
@@ -211,59 +215,96 @@ def rms_norm_kernel(width: int, eps: float, residual: bool, quantized: bool):
 
 @functools.lru_cache(maxsize=None)
 def swiglu_kernel(width: int, quantized: bool):
-    """(gate, up) -> y = silu(gate) * up, or its int8 blocks (xq, xd, xs)."""
+    """gate_up [n, 2 width] (gate, then up) -> y = silu(gate) * up, or its int8 blocks (xq, xd, xs)."""
     blocks = width // quant.BLOCK
 
     @T.macro
-    def swiglu_row(gate, up, y, row):
+    def swiglu_row(gate_up, y, row):
         with T.sblock("swiglu"):
-            T.reads(gate[row, 0:width], up[row, 0:width])
+            T.reads(gate_up[row, 0:2 * width])
             T.writes(y[row, 0:width])
-            _swiglu_row(y, row, gate, up, row, width)
+            _swiglu_row(y, row, gate_up, row, width)
 
     if not quantized:
         @T.prim_func(private=True, s_tir=True)
-        def swiglu(var_gate: T.handle, var_up: T.handle, var_y: T.handle):
+        def swiglu(var_gate_up: T.handle, var_y: T.handle):
             T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True})  # hand-written: never fused or rescheduled
             n = T.int64()
-            gate = T.match_buffer(var_gate, (n, width), "float32")
-            up = T.match_buffer(var_up, (n, width), "float32")
+            gate_up = T.match_buffer(var_gate_up, (n, 2 * width), "float32")
             y = T.match_buffer(var_y, (n, width), "float32")
             if _rows(n, width):
                 for row in T.serial(n):
-                    swiglu_row(gate, up, y, row)
+                    swiglu_row(gate_up, y, row)
             else:
                 for row in T.parallel(n):
-                    swiglu_row(gate, up, y, row)
+                    swiglu_row(gate_up, y, row)
         return swiglu
 
     if width % quant.BLOCK:
         raise ValueError(f"a quantized SwiGLU needs a width that is a multiple of {quant.BLOCK}, got {width}")
 
     @T.macro
-    def swiglu_quantize_row(gate, up, xq, xd, xs, row):
+    def swiglu_quantize_row(gate_up, xq, xd, xs, row):
         with T.sblock("swiglu_quantize"):
-            T.reads(gate[row, 0:width], up[row, 0:width])
+            T.reads(gate_up[row, 0:2 * width])
             T.writes(xq[row, 0:width // 4], xd[row, 0:blocks], xs[row, 0:blocks])
             product = T.sblock_alloc_buffer((1, width), "float32")
             q = T.sblock_alloc_buffer((quant.BLOCK,), "int32")
-            _swiglu_row(product, 0, gate, up, row, width)
+            _swiglu_row(product, 0, gate_up, row, width)
             _quantize_local(product, xq, xd, xs, q, row, width)
 
     @T.prim_func(private=True, s_tir=True)
-    def swiglu_quantize(var_gate: T.handle, var_up: T.handle, var_xq: T.handle, var_xd: T.handle,
-                        var_xs: T.handle):
+    def swiglu_quantize(var_gate_up: T.handle, var_xq: T.handle, var_xd: T.handle, var_xs: T.handle):
         T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True})  # hand-written: never fused or rescheduled
         n = T.int64()
-        gate = T.match_buffer(var_gate, (n, width), "float32")
-        up = T.match_buffer(var_up, (n, width), "float32")
+        gate_up = T.match_buffer(var_gate_up, (n, 2 * width), "float32")
         xq = T.match_buffer(var_xq, (n, width // 4), "int32")
         xd = T.match_buffer(var_xd, (n, blocks), "float32")
         xs = T.match_buffer(var_xs, (n, blocks), "float32")
         if _rows(n, width):
             for row in T.serial(n):
-                swiglu_quantize_row(gate, up, xq, xd, xs, row)
+                swiglu_quantize_row(gate_up, xq, xd, xs, row)
         else:
             for row in T.parallel(n):
-                swiglu_quantize_row(gate, up, xq, xd, xs, row)
+                swiglu_quantize_row(gate_up, xq, xd, xs, row)
     return swiglu_quantize
+
+
+@functools.lru_cache(maxsize=None)
+def head_norm_kernel(heads: int, kv_heads: int, dim: int, eps: float):
+    """(qkv [n * (heads + 2 kv_heads), dim], q_weight, k_weight) -> the same rows with every
+    query head normalized by q_weight and every key head by k_weight, value heads copied."""
+    period = heads + 2 * kv_heads
+
+    @T.macro
+    def head_row(x, q_weight, k_weight, y, row):
+        with T.sblock("head_norm"):
+            T.reads(x[row, 0:dim], q_weight[0:dim], k_weight[0:dim])
+            T.writes(y[row, 0:dim])
+            part = T.sblock_alloc_buffer((VEC,), "float32")
+            stat = T.sblock_alloc_buffer((1,), "float32")
+            head: T.let[T.int64] = row % period
+            if head < heads:
+                _inverse_rms(x, row, dim, eps, part, stat)
+                _scale_row(y, row, x, row, q_weight, dim, stat)
+            elif head < heads + kv_heads:
+                _inverse_rms(x, row, dim, eps, part, stat)
+                _scale_row(y, row, x, row, k_weight, dim, stat)
+            else:
+                for d in T.serial(dim):
+                    y[row, d] = x[row, d]
+
+    @T.prim_func(private=True, s_tir=True)
+    def head_norm(var_x: T.handle, q_weight: T.Buffer((dim,), "float32"), k_weight: T.Buffer((dim,), "float32"),
+                  var_y: T.handle):
+        T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True})  # hand-written: never fused or rescheduled
+        rows = T.int64()
+        x = T.match_buffer(var_x, (rows, dim), "float32")
+        y = T.match_buffer(var_y, (rows, dim), "float32")
+        if _rows(rows, dim):
+            for row in T.serial(rows):
+                head_row(x, q_weight, k_weight, y, row)
+        else:
+            for row in T.parallel(rows):
+                head_row(x, q_weight, k_weight, y, row)
+    return head_norm

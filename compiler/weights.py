@@ -3,6 +3,8 @@
 Plain parameters (norms, biases) are the checkpoint tensor of the same name, cast to the
 parameter's dtype; a layer's weight matrix becomes "<layer>.tiles" (dense formats, dense.pack)
 or "<layer>.qs" and "<layer>.scales" (quantized, quant.pack), made from "<layer>.weight".
+A fused layer (q/k/v as "qkv_proj", gate/up as "gate_up_proj") is made from its parts'
+tensors stacked along the output rows, weights and biases alike.
 """
 
 from __future__ import annotations
@@ -23,19 +25,27 @@ DERIVED = {"rope_inv_freq": lambda ckpt: inverse_frequencies(ckpt.spec)}
 PACKED = ("qs", "scales", "tiles")
 
 
-def source_of(name: str) -> str:
-    """The checkpoint tensor a parameter is made from."""
+def sources_of(name: str, param, model) -> list[tuple[str, tuple[int, ...]]]:
+    """The checkpoint tensors a parameter is made from, each with the shape it must have.
+
+    One tensor: the parameter's own name, or "<layer>.weight" for a packed matrix. A fused
+    layer (a Linear with `parts`, e.g. q/k/v) stacks its parts' tensors along the output rows."""
     layer, _, leaf = name.rpartition(".")
-    return f"{layer}.weight" if leaf in PACKED else name
+    packed = leaf in PACKED
+    source_leaf = "weight" if packed else leaf
+    owner = _module(model, layer)
+    parts = getattr(owner, "parts", None)
+    if not parts:
+        return [(f"{layer}.{source_leaf}", (owner.rows, owner.cols) if packed else tuple(int(d) for d in param.shape))]
+    parent = layer.rpartition(".")[0]
+    return [(f"{parent}.{part}.{source_leaf}", (rows, owner.cols) if packed else (rows,)) for part, rows in parts]
 
 
-def _expected_shape(name: str, param, model) -> tuple[int, ...]:
-    if name.rpartition(".")[2] not in PACKED:
-        return tuple(int(d) for d in param.shape)
+def _module(model, path: str):
     owner = model
-    for part in name.rpartition(".")[0].split("."):
+    for part in path.split(".") if path else []:
         owner = owner[int(part)] if part.isdigit() else getattr(owner, part)
-    return owner.rows, owner.cols
+    return owner
 
 
 def check_tensors(ckpt: Checkpoint, named_params, model) -> None:
@@ -43,33 +53,43 @@ def check_tensors(ckpt: Checkpoint, named_params, model) -> None:
     for name, param in named_params:
         if name in DERIVED:
             continue
-        source, expected = source_of(name), _expected_shape(name, param, model)
-        if not ckpt.has(source):
-            raise AirError(f"{ckpt.path}: missing tensor '{source}' (expected shape {expected})")
-        actual = ckpt.tensor_shape(source)
-        if actual != expected:
-            raise AirError(f"{ckpt.path}: tensor '{source}' has shape {actual}, expected {expected}")
+        for source, expected in sources_of(name, param, model):
+            if not ckpt.has(source):
+                raise AirError(f"{ckpt.path}: missing tensor '{source}' (expected shape {expected})")
+            actual = ckpt.tensor_shape(source)
+            if actual != expected:
+                raise AirError(f"{ckpt.path}: tensor '{source}' has shape {actual}, expected {expected}")
 
 
-def write_weights(ckpt: Checkpoint, named_params, scheme: str, path: Path) -> int:
+def write_weights(ckpt: Checkpoint, named_params, model, scheme: str, path: Path) -> int:
     """Write the parameters as one safetensors file; returns its payload bytes."""
     tensors, packed = {}, {}
     for name, param in named_params:
         if name in DERIVED:
             array = DERIVED[name](ckpt)
         else:
-            source = ckpt.read(source_of(name))
-            if not np.all(np.isfinite(source)):
-                raise AirError(f"{ckpt.path}: tensor '{source_of(name)}' contains NaN or infinity")
-            if name.rpartition(".")[2] in PACKED:
-                if source_of(name) not in packed:
-                    packed[source_of(name)] = _pack(np.asarray(source, dtype=np.float32), scheme)
-                array = packed[source_of(name)][name.rpartition(".")[2]]
+            layer, _, leaf = name.rpartition(".")
+            sources = [source for source, _ in sources_of(name, param, model)]
+            if leaf in PACKED:
+                if layer not in packed:
+                    packed[layer] = _pack(_read(ckpt, sources, np.float32), scheme)
+                array = packed[layer][leaf]
             else:
-                array = source
+                array = _read(ckpt, sources, None)
         tensors[name] = np.ascontiguousarray(array, dtype=param.dtype)
     save_file(tensors, str(path))
     return sum(a.nbytes for a in tensors.values())
+
+
+def _read(ckpt: Checkpoint, sources: list[str], dtype) -> np.ndarray:
+    """The named tensors, checked finite, stacked along their first axis."""
+    arrays = []
+    for source in sources:
+        array = ckpt.read(source)
+        if not np.all(np.isfinite(array)):
+            raise AirError(f"{ckpt.path}: tensor '{source}' contains NaN or infinity")
+        arrays.append(np.asarray(array, dtype=dtype))
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
 
 
 def _pack(weight: np.ndarray, scheme: str) -> dict[str, np.ndarray]:

@@ -88,10 +88,10 @@ def test_append_and_attend_match_numpy(kind, windowed):
         v = rng.normal(0, 1, (n, SPEC.num_kv_heads, SPEC.head_dim)).astype(np.float32)
         q = rng.normal(0, 1, (n, SPEC.num_heads, SPEC.head_dim)).astype(np.float32)
         start = tvm.runtime.tensor(np.array([length], dtype=np.int64), dev)
-        lib["append"](tvm.runtime.tensor(k, dev), tvm.runtime.tensor(v, dev), tvm.runtime.tensor(freqs, dev),
-                      *caches, start, LAYER)
+        qkv = tvm.runtime.tensor(np.concatenate([q, k, v], axis=1), dev)  # as the fused projection writes it
+        lib["append"](qkv, tvm.runtime.tensor(freqs, dev), *caches, start, LAYER)
         out = tvm.runtime.tensor(np.zeros_like(q), dev)
-        lib["attend"](tvm.runtime.tensor(q, dev), tvm.runtime.tensor(freqs, dev), *caches, start, LAYER, out)
+        lib["attend"](qkv, tvm.runtime.tensor(freqs, dev), *caches, start, LAYER, out)
         for t in range(n):
             pos = length + t
             keys[pos] = np.stack([quantize_roundtrip(rotate(k[t, h], pos, freqs), kind) for h in range(SPEC.num_kv_heads)])

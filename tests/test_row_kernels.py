@@ -1,5 +1,6 @@
 """The fused row kernels (compiler/row_kernels.py): RMSNorm with and without the residual add,
-SwiGLU, each writing f32 rows or int8 blocks, against numpy; rows independent of their count."""
+SwiGLU, each writing f32 rows or int8 blocks, and the per-head norm of the fused q/k/v output,
+against numpy; rows independent of their count."""
 
 import functools
 
@@ -67,12 +68,12 @@ def test_swiglu(n):
     rng = np.random.default_rng(n)
     gate = rng.standard_normal((n, WIDTH)).astype(np.float32) * 6  # far into both tails of exp
     up = rng.standard_normal((n, WIDTH)).astype(np.float32)
-    (y,) = call(row_kernels.swiglu_kernel(WIDTH, False), [gate, up], [((n, WIDTH), "float32")])
+    (y,) = call(row_kernels.swiglu_kernel(WIDTH, False), [np.concatenate([gate, up], axis=1)], [((n, WIDTH), "float32")])
     g = gate.astype(np.float64)
     want = g / (1 + np.exp(-g)) * up
     np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
-    qgate, qup = gate[:, :QWIDTH].copy(), up[:, :QWIDTH].copy()
-    xq, xd, _ = call(row_kernels.swiglu_kernel(QWIDTH, True), [qgate, qup], quantized(QWIDTH, n))
+    qgate, qup = gate[:, :QWIDTH], up[:, :QWIDTH]
+    xq, xd, _ = call(row_kernels.swiglu_kernel(QWIDTH, True), [np.concatenate([qgate, qup], axis=1)], quantized(QWIDTH, n))
     want_q, want_d, _ = quant.quantize_activations(want[:, :QWIDTH].astype(np.float32))
     assert (xq.view(np.int8) != want_q.view(np.int8)).mean() < 0.01
     np.testing.assert_allclose(xd, want_d, rtol=1e-5)
@@ -89,3 +90,19 @@ def test_rows_do_not_depend_on_how_many_run_together():
         alone = call(kernel, [x[i:i + 1], delta[i:i + 1], w], shapes(1))
         for a, b in zip(alone, together):
             np.testing.assert_array_equal(a[0], b[i])
+
+
+@pytest.mark.parametrize("n", [1, 5, 200])  # 200 tokens: the parallel branch
+def test_head_norm_normalizes_query_and_key_heads_only(n):
+    heads, kv_heads, dim = 4, 2, 64
+    rng = np.random.default_rng(n)
+    qkv = rng.standard_normal((n, heads + 2 * kv_heads, dim)).astype(np.float32) * 2
+    q_weight, k_weight = rng.random((2, dim)).astype(np.float32) + 0.5
+    rows = qkv.reshape(-1, dim)
+    (y,) = call(row_kernels.head_norm_kernel(heads, kv_heads, dim, EPS), [rows, q_weight, k_weight],
+                [(rows.shape, "float32")])
+    y = y.reshape(qkv.shape)
+    np.testing.assert_allclose(y[:, :heads], rms_norm(qkv[:, :heads], q_weight), rtol=2e-6, atol=2e-6)
+    np.testing.assert_allclose(y[:, heads:heads + kv_heads], rms_norm(qkv[:, heads:heads + kv_heads], k_weight),
+                               rtol=2e-6, atol=2e-6)
+    np.testing.assert_array_equal(y[:, heads + kv_heads:], qkv[:, heads + kv_heads:])
