@@ -27,10 +27,11 @@ from .quant import TILE, _tiles, prefetch
 DTYPES = {"f32": "float32", "f16": "float16"}
 _ITEMSIZE = {"float32": 4, "float16": 2}
 # Weights up to this size are multiplied on the calling thread alone. Measured on the trained
-# target (f32, 6 layers, 1.5 MB gate/up/down matrices): decode 1.09 ms with them on one thread,
-# 1.21 ms split over two (the pool's start and barrier cost more than the second core gains);
-# on the 0.5B shape in f16 (1.6 MB q/o) no difference beyond noise.
-SERIAL_BYTES = 2 << 20
+# target (f32, 6 layers; 3.1 MB fused gate/up, 1.6 MB down, 1 MB q/k/v): decode 1.03-1.05 ms
+# with all three on one thread, 1.07-1.10 ms with gate/up on two, 1.19-1.22 ms with everything
+# on two (the pool's start and barrier cost more than the second core gains; spinning the pool
+# longer does not help); on the 0.5B shape in f16 (1.6 MB q/o) no difference beyond noise.
+SERIAL_BYTES = 4 << 20
 PREFETCH_BYTES = 2048  # how far ahead the weight stream is hinted (quant.prefetch); best of 1 / 2 / 3 KB
 
 
