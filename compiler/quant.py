@@ -54,8 +54,10 @@ SERIAL_QUANTIZE = 65536  # m * K below which quantize_rows runs on one thread (u
 # ROW_COST per block and activation row (the bytes one core streams in the time it computes
 # one). Starting the second thread of a parallel loop cost 5 us here (KVM, a busy machine),
 # and one thread streamed about as fast as two: 896 x 896 q4 took 13 us on one thread and
-# 20 us on two at m = 1, 17.5 and 23 us at m = 5.
-SERIAL_BYTES = 1 << 20
+# 20 us on two at m = 1, 17.5 and 23 us at m = 5. At 2 MB rather than 1 MB the trained draft's
+# q8 LM head (1.1 MB) runs on one thread: its decode step 44 -> 36 us; on Qwen2.5-0.5B q4
+# thresholds of 1, 4 and 8 MB decode alike within noise.
+SERIAL_BYTES = 2 << 20
 ROW_COST = 64
 CHUNK = 32  # K blocks walked per tile before moving to the next tile (activations stay in L1)
 _QBYTES = {"q8": 512, "q4": 256}  # packed bytes per tile and block
