@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tvm
 
+from air.compiler import kv_layouts
 from air.compiler.kv_layouts import KINDS, KVLayout
 from air.compiler.spec import spec_from_config
 from air.targets import host_device
@@ -100,6 +101,41 @@ def test_append_and_attend_match_numpy(kind, windowed):
             expected = reference_attention(q[t], keys, values, length + t, layout, freqs)
             np.testing.assert_allclose(out.numpy()[t], expected, atol=2e-4, rtol=2e-4)
         length += n
+
+
+def run_sequence(lib, layout, chunks, seed=3):
+    """Append and attend chunk after chunk of random tokens; every chunk's attention output."""
+    dev = tvm.cpu()
+    rng = np.random.default_rng(seed)
+    freqs = tvm.runtime.tensor(inv_freq(SPEC.head_dim), dev)
+    caches = [tvm.runtime.tensor(np.zeros(shape, dtype), dev)
+              for shape, dtype in layout.tensor_shapes(layout.fixed_capacity or 128)]
+    outputs, length = [], 0
+    for n in chunks:
+        qkv = tvm.runtime.tensor(rng.normal(0, 1, (n, SPEC.num_heads + 2 * SPEC.num_kv_heads, SPEC.head_dim))
+                                 .astype(np.float32), dev)
+        start = tvm.runtime.tensor(np.array([length], dtype=np.int64), dev)
+        lib["append"](qkv, freqs, *caches, start, LAYER)
+        out = tvm.runtime.empty((n, SPEC.num_heads, SPEC.head_dim), "float32", dev)
+        lib["attend"](qkv, freqs, *caches, start, LAYER, out)
+        outputs.append(out.numpy())
+        length += n
+    return outputs
+
+
+@pytest.mark.parametrize("kind", ["f32", "int4"])
+@pytest.mark.parametrize("windowed", [False, True])
+def test_parallel_kernels_match_the_serial_ones(kind, windowed, monkeypatch):
+    """Small calls run on the calling thread (below SERIAL_TASKS / SERIAL_VISITS): forced onto
+    the parallel branch, the same calls give the same bits."""
+    layout = KVLayout(SPEC, kind, max_context=128, sinks=3 if windowed else 0, window=20 if windowed else 0, slack=8)
+    chunks = [5, 1, 8, 8, 8, 8, 8, 1, 6]  # windowed: 53 positions through a 3 + 28 slot cache
+    serial = run_sequence(compile_kernels(layout), layout, chunks)
+    monkeypatch.setattr(kv_layouts, "SERIAL_TASKS", 0)
+    monkeypatch.setattr(kv_layouts, "SERIAL_VISITS", 0)
+    parallel = run_sequence(compile_kernels(layout), layout, chunks)
+    for a, b in zip(serial, parallel):
+        np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("kind, ratio", [("f32", 2.0), ("int8", (32 + 2) / 64), ("int4", (16 + 4) / 64)])
