@@ -7,8 +7,8 @@ memory roofline, and accuracy against the f32 bundle.
 Per bundle (each measured in its own process, so peak RSS is its own): weight bytes read per
 decoded token, decode tokens/s (median step at a 128-token context), prefill tokens/s (128-token
 prompt), verify(5)/decode, peak RSS, the fraction of the roofline (bandwidth of a compiled
-8-accumulator read loop, the faster of with and without prefetch hints, measured in the same
-run / bytes per token); then top-1 agreement and
+8-accumulator read loop, the fastest without prefetch hints or with them 2 or 8 KB ahead,
+measured in the same run / bytes per token); then top-1 agreement and
 mean KL of next-token distributions against the first bundle (f32) over TEXT.
 
 With --llama-cpp (a build from benchmarks/build_llama_cpp.sh) and --checkpoint (the checkpoint
