@@ -1,4 +1,4 @@
-"""The CPU features of the machine this code runs on, by the names Linux uses.
+"""The CPU features of the machine this code runs on, by the names Linux uses, and its cores.
 
 x86_64: the `flags` of /proc/cpuinfo. aarch64: the HWCAP bits of the process's auxiliary
 vector (/proc/self/auxv), which also holds under qemu user-mode emulation, where
@@ -7,6 +7,7 @@ vector (/proc/self/auxv), which also holds under qemu user-mode emulation, where
 
 from __future__ import annotations
 
+import os
 import platform
 import struct
 
@@ -46,3 +47,23 @@ def machine_features() -> set[str] | None:
     if arch in ("aarch64", "arm64"):
         return _aarch64_hwcaps()
     return None
+
+
+def usable_cores() -> int:
+    """Physical cores this process may run on: the CPUs of its affinity mask, with the hardware
+    threads of one core (SMT siblings) counted once; the CPU count where that is unknown.
+
+    TVM's own default halves the CPU count on x86 on the assumption of two threads per core,
+    which gave one thread on a 2-core machine without SMT."""
+    try:
+        cpus = os.sched_getaffinity(0)
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+    cores = set()
+    for cpu in cpus:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings_list") as f:
+                cores.add(f.read().strip())
+        except OSError:
+            cores.add(str(cpu))
+    return max(1, len(cores))

@@ -75,7 +75,9 @@ def read_bandwidth(threads):
 
     from air.targets import host_device
 
-    tvm.get_global_func("runtime.config_threadpool")(0, threads)
+    from air.runtime.bundle import configure_threads
+
+    configure_threads(threads)
     return best_read_gbs(tvm.target.Target(host_device().tvm_target))
 
 

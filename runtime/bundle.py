@@ -15,7 +15,7 @@ from typing import Callable
 
 import tvm
 
-from air.cpu_features import machine_features
+from air.cpu_features import machine_features, usable_cores
 from air.errors import AirError
 
 from .archive import is_archive, unpack
@@ -50,9 +50,21 @@ def check_machine(manifest: dict) -> None:
         raise AirError(f"bundle was built for {device['name']} and needs CPU features this machine lacks: {', '.join(missing)}")
 
 
-def _configure_threads(threads: int) -> None:
-    if threads > 0:
-        tvm.get_global_func("runtime.config_threadpool")(0, threads)
+_BIG_CORES = 1  # TVM's thread affinity mode: the fastest cores (every core of a homogeneous CPU)
+
+
+def configure_threads(threads: int) -> int:
+    """Size TVM's thread pool: threads > 0 that many; 0 TVM_NUM_THREADS if set, else one per
+    physical core (usable_cores). Returns the count.
+
+    TVM sizes its pool once, from TVM_NUM_THREADS (unset: half the CPUs on x86, one thread on
+    a 2-core machine), and silently caps later requests at that size; so the variable is set
+    before the pool exists. (Affinity mode 0, used here before, ran every kernel on one thread.)"""
+    if threads <= 0:
+        threads = int(os.environ.get("TVM_NUM_THREADS") or 0) or usable_cores()
+    os.environ["TVM_NUM_THREADS"] = str(threads)
+    tvm.get_global_func("runtime.config_threadpool")(_BIG_CORES, threads)
+    return threads
 
 
 class Bundle:
@@ -63,7 +75,7 @@ class Bundle:
             memory_budget_mb = manifest.get("runtime", {}).get("memory_budget_mb", 0)
         self.memory_budget = int(memory_budget_mb * 2**20)  # 0: no budget
         self.device = tvm.cpu()
-        _configure_threads(threads)
+        self.threads = configure_threads(threads)
         self.tokenizer = load_tokenizer(root)
         self._models: dict[str, CompiledModel] = {}  # loaded on first use: a request may need only one
         self.eos_token_ids = set(manifest["tokenizer"].get("eos_token_ids", []))
