@@ -27,19 +27,18 @@ from .quant import TILE, _tiles, prefetch
 
 DTYPES = {"f32": "float32", "f16": "float16"}
 _ITEMSIZE = {"float32": 4, "float16": 2}
-# Weights up to this size are multiplied on the calling thread alone. Measured on the trained
-# target (f32, 6 layers; 3.1 MB fused gate/up, 1.6 MB down, 1 MB q/k/v): decode 1.03-1.05 ms
-# with all three on one thread, 1.07-1.10 ms with gate/up on two, 1.19-1.22 ms with everything
-# on two (the pool's start and barrier cost more than the second core gains; spinning the pool
-# longer does not help); on the 0.5B shape in f16 (1.6 MB q/o) no difference beyond noise.
-SERIAL_BYTES = 4 << 20
+# Weights up to this size are multiplied on the calling thread alone (in calls of up to
+# SERIAL_ROWS rows). With two real threads (see runtime/bundle.configure_threads; the earlier
+# measurements here had run on one) the trained target's decode took 0.74-0.84 ms at 512 KB
+# against 0.90-0.98 ms at 4 MB, verify(5) 0.87 against 1.10-1.14 ms.
+SERIAL_BYTES = 512 << 10
 # ... in calls of up to this many rows (decode, verify). A prefill chunk is compute-bound: a
 # 2 MB f16 weight at 128 rows ran at 230-260 GFLOP/s on one thread, 420 on two.
 SERIAL_ROWS = 8
 # How far ahead the weight stream is hinted (quant.prefetch). 8 KB against 2 KB: the trained
 # target's verify(5) 1.52-1.55 -> 1.12-1.19 ms, decode 1.01-1.05 -> 0.90-0.98 ms; Qwen2.5-0.5B
 # f16 verify(5) 48.2-48.6 -> 29.1-29.6 ms, decode 27.6-28.0 -> 26.9-27.1 ms. 16 and 32 KB were
-# no better.
+# no better. (Measured with the runtime on one thread.)
 PREFETCH_BYTES = 8192
 
 

@@ -52,18 +52,15 @@ TILE = 16  # output rows per tile: one int32 lane of a 512-bit register each
 SERIAL_QUANTIZE = 65536  # m * K below which quantize_rows runs on one thread (up to ~25 us)
 # Work up to which matmul runs on the calling thread alone, counted as weight bytes plus
 # ROW_COST per block and activation row (the bytes one core streams in the time it computes
-# one). Starting the second thread of a parallel loop cost 5 us here (KVM, a busy machine),
-# and one thread streamed about as fast as two: 896 x 896 q4 took 13 us on one thread and
-# 20 us on two at m = 1, 17.5 and 23 us at m = 5. At 2 MB rather than 1 MB the trained draft's
-# q8 LM head (1.1 MB) runs on one thread: its decode step 44 -> 36 us; on Qwen2.5-0.5B q4
-# thresholds of 1, 4 and 8 MB decode alike within noise.
-SERIAL_BYTES = 2 << 20
+# one). Measured with two real threads: 256 KB against 2 MB, Qwen2.5-0.5B q4 verify(5)
+# 9.1 -> 8.5 ms, decode alike within noise; the trained draft's q8 step 36 -> 30 us.
+SERIAL_BYTES = 256 << 10
 ROW_COST = 64
 # How far ahead the packed weights are hinted (prefetch), in verify/prefill row groups, and
 # for q4 in decode too. On Qwen2.5-0.5B: q4 verify(5) 13.3-13.9 -> 10.3-10.7 ms with decode
 # unchanged; q8 verify(5) 20.6-21.1 -> 17.6-17.9 ms, but q8 decode 14.1-14.8 -> 15.9 ms with the
 # hints (eight per 512-byte block), so a q8 decode step runs without them. At 2 KB ahead the
-# hints made decode slower and verify gained less.
+# hints made decode slower and verify gained less. (Measured with the runtime on one thread.)
 PREFETCH_BYTES = 8192
 CHUNK = 32  # K blocks walked per tile before moving to the next tile (activations stay in L1)
 _QBYTES = {"q8": 512, "q4": 256}  # packed bytes per tile and block
