@@ -13,10 +13,10 @@ from air.targets import host_device
 HOST = tvm.target.Target(host_device().tvm_target)
 AVX2 = tvm.target.Target({**host_device().tvm_target, "mcpu": "haswell"}) if host_device().arch == "x86_64" else None
 # N not a multiple of the 16-row tile, odd K; a weight past dense.SERIAL_BYTES in f16 and f32
-# (the parallel split; the small one splits too past dense.SERIAL_ROWS rows). ROWS from 6 up
-# take tiles in pairs (88 rows: 6 tiles, the partial last one in a pair; 4104 rows: 257 tiles,
-# one left alone).
-SHAPES = [(88, 97), (4104, 544)]
+# (the parallel split; the small one splits too past dense.SERIAL_ROWS rows). ROWS past
+# dense.SERIAL_ROWS take tiles in pairs: 120 rows are 8 tiles, 4 per task on 2 cores, the
+# partial last one in a pair; 4104 rows are 257 tiles, one left alone.
+SHAPES = [(120, 97), (4104, 544)]
 assert 4104 * 544 * 2 > dense.SERIAL_BYTES
 ROWS = [1, 2, 3, 4, 5, 7, 8, 9, 17, 40]
 
