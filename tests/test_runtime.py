@@ -7,6 +7,9 @@ from pathlib import Path
 
 import numpy as np
 
+from conftest import cli_env
+
+from air.cpu_features import usable_cores
 from air.runtime import Bundle
 from air.runtime.sampling import probabilities
 
@@ -75,3 +78,25 @@ def test_draft_is_shipped_and_runs(pair):
     bundle = Bundle.load(pair["bundle"])
     logits = bundle.draft.prefill([5, 6, 7])
     assert logits.shape == (bundle.draft.vocab_size,)
+
+
+THREAD_PROBE = """
+import sys, tvm
+from air.runtime import Bundle
+Bundle.load(sys.argv[1], threads=int(sys.argv[2]))
+print(tvm.get_global_func("runtime.NumThreads")())
+"""
+
+
+def test_the_thread_pool_has_the_requested_threads(pair):
+    """TVM sizes its pool once (unset TVM_NUM_THREADS: half the CPUs on x86) and caps later
+    requests at that size; the runtime must size it as asked, and threads=0 to one thread per
+    physical core. (An earlier runtime ran on one thread whatever it was asked.)"""
+    def pool_size(threads):
+        result = subprocess.run([sys.executable, "-c", THREAD_PROBE, str(pair["bundle"]), str(threads)],
+                                capture_output=True, text=True, timeout=300, env=cli_env(TVM_NUM_THREADS=""))
+        assert result.returncode == 0, result.stderr
+        return int(result.stdout)
+
+    assert pool_size(3) == 3
+    assert pool_size(0) == usable_cores()
