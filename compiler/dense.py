@@ -32,8 +32,8 @@ _ITEMSIZE = {"float32": 4, "float16": 2}
 # measurements here had run on one) the trained target's decode took 0.74-0.84 ms at 512 KB
 # against 0.90-0.98 ms at 4 MB, verify(5) 0.87 against 1.10-1.14 ms.
 SERIAL_BYTES = 512 << 10
-# ... in calls of up to this many rows (decode, verify). A prefill chunk is compute-bound: a
-# 2 MB f16 weight at 128 rows ran at 230-260 GFLOP/s on one thread, 420 on two.
+# ... in calls of up to this many rows (decode, verify). A prefill chunk is compute-bound:
+# 1152 x 896 at 128 rows ran at 230-260 GFLOP/s on one thread (f16), 420 split over two (f32).
 SERIAL_ROWS = 8
 # How far ahead the weight stream is hinted (quant.prefetch). 8 KB against 2 KB: the trained
 # target's verify(5) 1.52-1.55 -> 1.12-1.19 ms, decode 1.01-1.05 -> 0.90-0.98 ms; Qwen2.5-0.5B
