@@ -53,9 +53,9 @@ def check_machine(manifest: dict) -> None:
 _BIG_CORES = 1  # TVM's thread affinity mode: the fastest cores (every core of a homogeneous CPU)
 
 
-def configure_threads(threads: int) -> int:
+def configure_threads(threads: int) -> None:
     """Size TVM's thread pool: threads > 0 that many; 0 TVM_NUM_THREADS if set, else one per
-    physical core (usable_cores). Returns the count.
+    physical core (usable_cores).
 
     TVM sizes its pool once, from TVM_NUM_THREADS (unset: half the CPUs on x86, one thread on
     a 2-core machine), and silently caps later requests at that size; so the variable is set
@@ -64,7 +64,6 @@ def configure_threads(threads: int) -> int:
         threads = int(os.environ.get("TVM_NUM_THREADS") or 0) or usable_cores()
     os.environ["TVM_NUM_THREADS"] = str(threads)
     tvm.get_global_func("runtime.config_threadpool")(_BIG_CORES, threads)
-    return threads
 
 
 class Bundle:
@@ -75,7 +74,7 @@ class Bundle:
             memory_budget_mb = manifest.get("runtime", {}).get("memory_budget_mb", 0)
         self.memory_budget = int(memory_budget_mb * 2**20)  # 0: no budget
         self.device = tvm.cpu()
-        self.threads = configure_threads(threads)
+        configure_threads(threads)
         self.tokenizer = load_tokenizer(root)
         self._models: dict[str, CompiledModel] = {}  # loaded on first use: a request may need only one
         self.eos_token_ids = set(manifest["tokenizer"].get("eos_token_ids", []))
