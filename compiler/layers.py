@@ -75,11 +75,6 @@ def quantized_matmul(x: QuantizedRows, qs, scales, scheme: str, n: int, k: int, 
                            nn.Tensor.placeholder((x.xq.shape[0], n), "float32"))
 
 
-def packed_shapes(scheme: str, n: int, k: int) -> tuple[tuple[int, int], tuple[int, int]]:
-    rows = quant._tiles(n) * (k // quant.BLOCK)
-    return (rows, quant._QBYTES[scheme]), (rows, quant._NSCALES[scheme])
-
-
 class _Matrix(nn.Module):
     """A [rows, cols] weight matrix in the weight format, multiplied as x M^T. Parameters:
     "tiles" (dense formats) or "qs" and "scales" (packed), all made from the checkpoint's
@@ -88,7 +83,7 @@ class _Matrix(nn.Module):
     def _declare(self, rows: int, cols: int, fmt: WeightFormat) -> None:
         self.rows, self.cols, self.fmt = rows, cols, fmt
         if fmt.quantized:
-            qs_shape, scales_shape = packed_shapes(fmt.scheme, rows, cols)
+            qs_shape, scales_shape = quant.packed_shapes(fmt.scheme, rows, cols)
             self.qs = nn.Parameter(qs_shape, "uint8")
             self.scales = nn.Parameter(scales_shape, "float16")
         else:
@@ -205,13 +200,16 @@ def _dense_lookup_kernel(vocab: int, width: int, dtype: str):
 
 
 def _packed_lookup_kernel(scheme: str, vocab: int, width: int):
-    """Rows of a packed table (the layout of quant.pack: tiles of 16 rows, blocks of 32)."""
-    (rows, qbytes), (_, nscales) = packed_shapes(scheme, vocab, width)
+    """Rows of a packed table (the layout of quant.pack: tiles of 16 rows, blocks of 32, scale
+    groups of SCALE_BLOCKS blocks)."""
+    (rows, qbytes), (scale_rows, nscales) = quant.packed_shapes(scheme, vocab, width)
     tiles, blocks, chunk, q4 = quant._tiles(vocab), width // quant.BLOCK, quant.CHUNK, scheme == "q4"
+    per = quant.SCALE_BLOCKS[scheme]
+    groups, group_chunk = quant._groups(scheme, blocks), chunk // per
 
     @T.prim_func(private=True, s_tir=True)
     def embed(var_tokens: T.handle, qs: T.Buffer((rows, qbytes), "uint8"),
-              scales: T.Buffer((rows, nscales), "float16"), var_out: T.handle):
+              scales: T.Buffer((scale_rows, nscales), "float16"), var_out: T.handle):
         T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True})  # hand-written: never fused or rescheduled
         n = T.int64()
         tokens = T.match_buffer(var_tokens, (n,), "int32")
@@ -225,14 +223,17 @@ def _packed_lookup_kernel(scheme: str, vocab: int, width: int):
                 b: T.let[T.int64] = vi // 32
                 c: T.let[T.int64] = b // chunk
                 p: T.let[T.int64] = c * chunk * tiles + tile * T.min(T.int64(chunk), blocks - c * chunk) + b % chunk
+                g: T.let[T.int64] = b // per
+                s: T.let[T.int64] = c * group_chunk * tiles \
+                    + tile * T.min(T.int64(group_chunk), groups - c * group_chunk) + g % group_chunk
                 w: T.let[T.int64] = vi % 32
                 if q4:
                     byte: T.let[T.uint8] = qs[p, 64 * ((w % 16) // 4) + 4 * lane + w % 4]
                     nibble: T.let[T.uint8] = T.if_then_else(w < 16, byte & T.uint8(15), byte >> T.uint8(4))
-                    out[vt, vi] = T.Cast("float32", nibble) * T.Cast("float32", scales[p, lane]) \
-                        + T.Cast("float32", scales[p, 16 + lane])
+                    out[vt, vi] = T.Cast("float32", nibble) * T.Cast("float32", scales[s, lane]) \
+                        + T.Cast("float32", scales[s, 16 + lane])
                 else:
                     out[vt, vi] = (T.Cast("float32", qs[p, 64 * (w // 4) + 4 * lane + w % 4]) - T.float32(128)) \
-                        * T.Cast("float32", scales[p, lane])
+                        * T.Cast("float32", scales[s, lane])
 
     return embed

@@ -2,8 +2,11 @@
 
     y[m, n] = sum_k x[m, k] * W[n, k]        x: [m, K] f32 (m dynamic), W: [N, K] (nn.Linear), y: [m, N] f32
 
-Schemes (blocks of 32 along K, one f16 scale per block and output row):
-  q8   symmetric int8: W ~= d * q, q in -127..127, stored as q + 128 (uint8)
+Schemes (blocks of 32 along K; f16 scales per output row and group of SCALE_BLOCKS blocks):
+  q8   symmetric int8: W ~= d * q, q in -127..127, stored as q + 128 (uint8); one d per 128 k
+       (4 blocks): 8.125 bits per weight instead of 8.5 with a scale per block, so 4.4% fewer
+       bytes per token. On Qwen2.5-0.5B (random weights) the KL divergence to f32 went from
+       0.00023 to 0.00030; int8 has the range to spare.
   q4   4-bit with a per-block minimum: W ~= d * q + mn, q in 0..15, f16 d and mn. Measured against
        symmetric 4-bit (llama.cpp Q4_0 style, q in -8..7) on random normal weights the minimum cuts
        the relative error of x @ W.T from 0.085 to 0.078, and on heavy-tailed (Student t3) weights
@@ -36,7 +39,8 @@ share of a chunk from one contiguous range.
           q4: byte 64*j + 4*l + c holds row 16t+l: low nibble k = 32b + 4j + c,
               high nibble k = 32b + 16 + 4j + c                                  (j = 0..3)
           so one 64-byte load is one vpdpbusd operand: 16 rows (one i32 lane each) x 4 k.
-  scales  float16 [T * B, 16] (q8: d) or [T * B, 32] (q4: d for the 16 rows, then their mn)
+  scales  float16 [T * G, 16] (q8: d) or [T * G, 32] (q4: d for the 16 rows, then their mn), with
+          G = ceil(B / SCALE_BLOCKS) groups, in the same chunk-major order over (tile, group)
 The same packed arrays serve every path, target and thread count.
 """
 
@@ -64,7 +68,8 @@ ROW_COST = 64
 PREFETCH_BYTES = 8192
 CHUNK = 32  # K blocks walked per tile before moving to the next tile (activations stay in L1)
 _QBYTES = {"q8": 512, "q4": 256}  # packed bytes per tile and block
-_NSCALES = {"q8": 16, "q4": 32}
+_NSCALES = {"q8": 16, "q4": 32}  # f16 scales per tile and group
+SCALE_BLOCKS = {"q8": 4, "q4": 1}  # blocks of 32 per scale group (CHUNK is a multiple)
 
 
 def _check(scheme: str, n: int, k: int) -> None:
@@ -79,6 +84,17 @@ def _tiles(n: int) -> int:
     return -(-n // TILE)
 
 
+def _groups(scheme: str, blocks: int) -> int:
+    return -(-blocks // SCALE_BLOCKS[scheme])
+
+
+def packed_shapes(scheme: str, n: int, k: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The shapes of pack()'s "qs" and "scales" for an [n, k] weight (not checked here: the
+    compiler names a width that is not a multiple of BLOCK in its own error)."""
+    tiles, blocks = _tiles(n), k // BLOCK
+    return (tiles * blocks, _QBYTES[scheme]), (tiles * _groups(scheme, blocks), _NSCALES[scheme])
+
+
 # -- packing (numpy) -----------------------------------------------------------------------------
 
 def pack(weight: np.ndarray, scheme: str) -> dict[str, np.ndarray]:
@@ -88,9 +104,9 @@ def pack(weight: np.ndarray, scheme: str) -> dict[str, np.ndarray]:
         raise ValueError(f"expected a 2-D [out_features, in_features] weight, got shape {weight.shape}")
     n, k = weight.shape
     _check(scheme, n, k)
-    tiles, blocks = _tiles(n), k // BLOCK
+    tiles, blocks, groups = _tiles(n), k // BLOCK, _groups(scheme, k // BLOCK)
     qs = np.empty((tiles, blocks, _QBYTES[scheme]), np.uint8)
-    scales = np.empty((tiles, blocks, _NSCALES[scheme]), np.float16)
+    scales = np.empty((tiles, groups, _NSCALES[scheme]), np.float16)
     step = 512  # tiles per chunk: bounds the f32 temporaries for a vocabulary-sized weight
     for t0 in range(0, tiles, step):
         t1 = min(tiles, t0 + step)
@@ -101,22 +117,30 @@ def pack(weight: np.ndarray, scheme: str) -> dict[str, np.ndarray]:
         w = w.reshape(t1 - t0, TILE, blocks, BLOCK).transpose(0, 2, 1, 3)
         quantize = _quantize_q8 if scheme == "q8" else _quantize_q4
         qs[t0:t1], scales[t0:t1] = quantize(w)
-    order = _positions(tiles, blocks).ravel().argsort()  # packed row -> (tile, block) in row-major order
-    return {"qs": qs.reshape(tiles * blocks, -1)[order], "scales": scales.reshape(tiles * blocks, -1)[order]}
+    # packed row -> (tile, block) in row-major order; the scales likewise over (tile, group)
+    order = _positions(tiles, blocks).ravel().argsort()
+    scale_order = _positions(tiles, groups, CHUNK // SCALE_BLOCKS[scheme]).ravel().argsort()
+    return {"qs": qs.reshape(tiles * blocks, -1)[order], "scales": scales.reshape(tiles * groups, -1)[scale_order]}
 
 
-def _positions(tiles: int, blocks: int) -> np.ndarray:
+def _positions(tiles: int, blocks: int, chunk: int = CHUNK) -> np.ndarray:
     """[tiles, blocks] -> packed row: chunk-major, then tile, then block within the chunk.
 
-    A core walks chunk c of its range of tiles as one contiguous stream, like the kernel."""
+    A core walks chunk c of its range of tiles as one contiguous stream, like the kernel.
+    The scale groups use the same order with chunk = CHUNK / SCALE_BLOCKS."""
     t, b = np.meshgrid(np.arange(tiles), np.arange(blocks), indexing="ij")
-    c = b // CHUNK
-    return c * CHUNK * tiles + t * np.minimum(CHUNK, blocks - c * CHUNK) + b % CHUNK
+    c = b // chunk
+    return c * chunk * tiles + t * np.minimum(chunk, blocks - c * chunk) + b % chunk
 
 
 def _quantize_q8(w: np.ndarray):
-    d = (np.abs(w).max(axis=3) / 127).astype(np.float16)
-    inv = _safe_inverse(d.astype(np.float32))
+    """w [t, b, 16, 32] -> (q [t, b, 512], d [t, g, 16]): one scale per row and group of blocks."""
+    per = SCALE_BLOCKS["q8"]
+    amax = np.abs(w).max(axis=3)  # [t, b, 16]
+    padded = np.zeros((amax.shape[0], -(-amax.shape[1] // per) * per, TILE), np.float32)
+    padded[:, :amax.shape[1]] = amax
+    d = (padded.reshape(amax.shape[0], -1, per, TILE).max(axis=2) / 127).astype(np.float16)
+    inv = np.repeat(_safe_inverse(d.astype(np.float32)), per, axis=1)[:, :amax.shape[1]]
     q = np.clip(np.rint(w * inv[..., None]), -127, 127).astype(np.int16) + 128
     # [t, b, l, 32] -> [t, b, j, l, c] with k = 4j + c
     q = q.reshape(*q.shape[:3], 8, 4).transpose(0, 1, 3, 2, 4)
@@ -143,10 +167,11 @@ def _safe_inverse(d: np.ndarray) -> np.ndarray:
 def dequantize(packed: dict[str, np.ndarray], scheme: str, n: int, k: int) -> np.ndarray:
     """The f32 weight [N, K] the kernel effectively multiplies with (d * q, or d * q + mn)."""
     _check(scheme, n, k)
-    tiles, blocks = _tiles(n), k // BLOCK
-    rows = _positions(tiles, blocks).ravel()
-    qs = packed["qs"][rows].reshape(tiles, blocks, -1)
-    scales = packed["scales"][rows].reshape(tiles, blocks, -1).astype(np.float32)
+    tiles, blocks, per = _tiles(n), k // BLOCK, SCALE_BLOCKS[scheme]
+    qs = packed["qs"][_positions(tiles, blocks).ravel()].reshape(tiles, blocks, -1)
+    groups = _positions(tiles, _groups(scheme, blocks), CHUNK // per).ravel()
+    scales = packed["scales"][groups].reshape(tiles, -1, _NSCALES[scheme]).astype(np.float32)
+    scales = np.repeat(scales, per, axis=1)[:, :blocks]  # each block's scales
     if scheme == "q8":
         q = qs.reshape(tiles, blocks, 8, TILE, 4).transpose(0, 1, 3, 2, 4).reshape(tiles, blocks, TILE, BLOCK)
         w = (q.astype(np.float32) - 128) * scales[..., None]
@@ -282,9 +307,12 @@ def matmul_kernel(scheme: str, n: int, k: int, target: Target, path: str | None 
     dot4 = make_dot4(q4)
     tiles, full_tiles, blocks = _tiles(n), n // TILE, k // BLOCK
     qbytes, nscales = _QBYTES[scheme], _NSCALES[scheme]
+    per, groups = SCALE_BLOCKS[scheme], _groups(scheme, blocks)
+    group_chunk = CHUNK // per  # scale groups per chunk of K
+    (qs_rows, _), (sc_rows, _) = packed_shapes(scheme, n, k)
     tasks = max(1, min(tiles, int(target.attrs.get("num-cores", 1))))
     chunks = -(-blocks // CHUNK)
-    weight_bytes = tiles * blocks * (qbytes + 2 * nscales)
+    weight_bytes = qs_rows * qbytes + sc_rows * nscales * 2
     lanes = T.ramp(0, 1, TILE)  # the 16 lanes of a tile: one per weight row
     ahead = PREFETCH_BYTES // qbytes  # packed rows
 
@@ -296,8 +324,9 @@ def matmul_kernel(scheme: str, n: int, k: int, target: Target, path: str | None 
         return qs[p, T.ramp(j * 64, 1, 64)]
 
     def scaled(acc, dot, sc, xd, xs, p, b, r, row):
-        """acc + the block's exact integer sum, scaled. A weight zero point comes back through the
-        activation block sum: + mn * xs for q4, - 128 * d * xs for q8 on unsigned paths."""
+        """acc + block b's exact integer sum, scaled (p: the scales row of its group). A weight zero
+        point comes back through the activation block sum: + mn * xs for q4, - 128 * d * xs for
+        q8 on unsigned paths."""
         d = T.Cast("float32x16", sc[p, lanes])
         total = acc[r, lanes] + d * (T.Cast("float32x16", dot[r, lanes]) * T.Broadcast(xd[row, b], TILE))
         if q4:
@@ -321,11 +350,12 @@ def matmul_kernel(scheme: str, n: int, k: int, target: Target, path: str | None 
                             acc[r, lane] = y[row0 + r, t * TILE + lane]
         # This tile's blocks of chunk c are contiguous in the packed arrays (see _positions).
         first: T.let[T.int32] = c * CHUNK * tiles + t * T.min(CHUNK, blocks - c * CHUNK)
+        first_group: T.let[T.int32] = c * group_chunk * tiles + t * T.min(group_chunk, groups - c * group_chunk)
         for i in T.serial(T.min(CHUNK, blocks - c * CHUNK)):
             if ahead > 0 and (q4 or count > 1):
                 for line in T.unroll(qbytes // 64):
                     prefetch(qs, first + i + ahead, line * 64)
-                prefetch(sc, first + i + ahead)
+                prefetch(sc, first_group + (i + ahead) // per)
             for r in T.unroll(count):
                 dot[r, lanes] = T.Broadcast(T.int32(0), TILE)
             # Each weight operand is unpacked once for all rows of the group.
@@ -343,7 +373,7 @@ def matmul_kernel(scheme: str, n: int, k: int, target: Target, path: str | None 
                     for r in T.unroll(count):
                         dot[r, lanes] = dot4(dot, w, r, xq[row0 + r, (c * CHUNK + i) * 8 + j])
             for r in T.unroll(count):
-                acc[r, lanes] = scaled(acc, dot, sc, xd, xs, first + i, c * CHUNK + i, r, row0 + r)
+                acc[r, lanes] = scaled(acc, dot, sc, xd, xs, first_group + i // per, c * CHUNK + i, r, row0 + r)
         for r in T.unroll(count):
             if t < full_tiles:
                 y[row0 + r, T.ramp(t * TILE, 1, TILE)] = acc[r, lanes]
@@ -355,7 +385,7 @@ def matmul_kernel(scheme: str, n: int, k: int, target: Target, path: str | None 
     def work(task, ntasks, m, xq, xd, xs, qs, sc, y):
         with T.sblock("task"):
             T.reads(xq[0:m, 0:k // 4], xd[0:m, 0:blocks], xs[0:m, 0:blocks],
-                    qs[0:tiles * blocks, 0:qbytes], sc[0:tiles * blocks, 0:nscales])
+                    qs[0:qs_rows, 0:qbytes], sc[0:sc_rows, 0:nscales])
             T.writes(y[0:m, 0:n])
             # Small local buffers accessed with constant indices: LLVM keeps them in registers.
             acc = T.sblock_alloc_buffer((rows, TILE), "float32")
@@ -391,7 +421,7 @@ def matmul_kernel(scheme: str, n: int, k: int, target: Target, path: str | None 
 
     @T.prim_func(private=True, s_tir=True)
     def matmul(var_xq: T.handle, var_xd: T.handle, var_xs: T.handle,
-               qs: T.Buffer((tiles * blocks, qbytes), "uint8"), sc: T.Buffer((tiles * blocks, nscales), "float16"),
+               qs: T.Buffer((qs_rows, qbytes), "uint8"), sc: T.Buffer((sc_rows, nscales), "float16"),
                var_y: T.handle):
         T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True})  # hand-written: never fused or rescheduled
         m = T.int64()

@@ -96,22 +96,27 @@ def test_linear_matches_reference(scheme, path, n, k):
 @pytest.mark.parametrize("scheme", quant.SCHEMES)
 def test_pack_roundtrip(scheme):
     rng = np.random.default_rng(1)
-    n, k = 37, 64
+    n, k = 37, 320  # 10 blocks: q8's scale groups of 4 blocks end with a partial one
     weight = rng.standard_normal((n, k), dtype=np.float32)
-    weight[3, 32:] = 0  # an all-zero block stays exactly zero
+    weight[3, 32:] = 0  # all-zero blocks (and q8 groups) stay exactly zero
     packed = quant.pack(weight, scheme)
-    tiles = -(-n // 16)
-    assert packed["qs"].shape == (tiles * (k // 32), 512 if scheme == "q8" else 256)
+    tiles, blocks = -(-n // 16), k // 32
+    groups = -(-blocks // 4) if scheme == "q8" else blocks
+    assert packed["qs"].shape == (tiles * blocks, 512 if scheme == "q8" else 256)
+    assert packed["scales"].shape == (tiles * groups, 16 if scheme == "q8" else 32)
+    assert (packed["qs"].shape, packed["scales"].shape) == quant.packed_shapes(scheme, n, k)
     assert packed["qs"].dtype == np.uint8 and packed["scales"].dtype == np.float16
-    assert quant.packed_bytes(packed) == tiles * (k // 32) * (512 + 32 if scheme == "q8" else 256 + 64)
     w = quant.dequantize(packed, scheme, n, k)
     assert w.shape == (n, k)
     assert np.all(w[3, 32:] == 0)
-    # Each value is within half a quantization step of its block (f16 scales add a little).
-    blocks = weight.reshape(n, k // 32, 32)
-    step = np.abs(blocks).max(axis=2) / 127 if scheme == "q8" else np.ptp(blocks, axis=2) / 15
-    error = np.abs(w - weight).reshape(n, k // 32, 32).max(axis=2)
-    assert np.all(error <= step * 0.51 + 1e-3 * np.abs(blocks).max(axis=2))
+    # Each value is within half a quantization step of its scale group (f16 scales add a little).
+    per = 128 if scheme == "q8" else 32
+    padded = np.zeros((n, -(-k // per) * per), np.float32)
+    padded[:, :k] = weight
+    group = padded.reshape(n, -1, per)
+    step = np.abs(group).max(axis=2) / 127 if scheme == "q8" else np.ptp(group, axis=2) / 15
+    error = np.abs(np.pad(w - weight, ((0, 0), (0, padded.shape[1] - k)))).reshape(n, -1, per).max(axis=2)
+    assert np.all(error <= step * 0.51 + 1e-3 * np.abs(group).max(axis=2))
 
 
 @pytest.mark.parametrize("scheme", quant.SCHEMES)
