@@ -28,5 +28,8 @@ def relax_pipeline(target: tvm.target.Target) -> tvm.transform.Pass:
 
 
 def compile_module(mod: tvm.IRModule, tvm_target: dict):
+    """The Relax functions become machine code too (exec_mode "compiled"), not bytecode for the
+    VM's interpreter: a decode step runs ~150 VM instructions (allocations, kernel calls), and
+    interpreting them was a fifth of the trained draft's step (31 -> 25 us per token)."""
     target = tvm.target.Target(tvm_target)
-    return tvm.compile(mod, target=target, relax_pipeline=relax_pipeline(target))
+    return relax.build(mod, target=target, relax_pipeline=relax_pipeline(target), exec_mode="compiled")
