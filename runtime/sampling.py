@@ -42,7 +42,7 @@ class Sampler:
 
     def pick(self, logits: np.ndarray) -> int:
         if self.greedy:
-            return int(np.argmax(logits))
+            return int(logits.argmax())
         return self.draw(self.distribution(logits))
 
     def draw(self, probs: np.ndarray) -> int:
