@@ -64,7 +64,9 @@ ROW_COST = 64
 # for q4 in decode too. On Qwen2.5-0.5B: q4 verify(5) 13.3-13.9 -> 10.3-10.7 ms with decode
 # unchanged; q8 verify(5) 20.6-21.1 -> 17.6-17.9 ms, but q8 decode 14.1-14.8 -> 15.9 ms with the
 # hints (eight per 512-byte block), so a q8 decode step runs without them. At 2 KB ahead the
-# hints made decode slower and verify gained less. (Measured with the runtime on one thread.)
+# hints made decode slower and verify gained less. (Measured with the runtime on one thread.
+# On two, q8 decode with the hints: 10.36 against 10.34 ms per token, and 0-2% either way per
+# kernel at 0, 4, 8 and 16 KB ahead; so it stays without.)
 PREFETCH_BYTES = 8192
 CHUNK = 32  # K blocks walked per tile before moving to the next tile (activations stay in L1)
 _QBYTES = {"q8": 512, "q4": 256}  # packed bytes per tile and block
