@@ -106,6 +106,8 @@ def test_pack_roundtrip(scheme):
     assert packed["scales"].shape == (tiles * groups, 16 if scheme == "q8" else 32)
     assert (packed["qs"].shape, packed["scales"].shape) == quant.packed_shapes(scheme, n, k)
     assert packed["qs"].dtype == np.uint8 and packed["scales"].dtype == np.float16
+    assert quant.packed_bytes(packed) == tiles * blocks * (512 if scheme == "q8" else 256) \
+        + tiles * groups * (32 if scheme == "q8" else 64)
     w = quant.dequantize(packed, scheme, n, k)
     assert w.shape == (n, k)
     assert np.all(w[3, 32:] == 0)
