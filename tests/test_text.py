@@ -1,0 +1,62 @@
+"""Streaming detokenization (runtime/text.py): the deltas add up to the full decode, for a
+byte-level tokenizer and a sentencepiece-style one, and each push decodes a bounded window."""
+
+from pathlib import Path
+
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+from air.runtime.text import TextStream
+
+PAIR_TOKENIZER = Path(__file__).parent.parent / "models" / "pair" / "target" / "tokenizer.json"
+TEXT = ("def read_config(path):\n    \"\"\"Read a naïve café's settings: 日本語, emoji 🙂🚀.\"\"\"\n"
+        "    with open(path) as f:\n        return {k: v for k, v in (line.split('=') for line in f)}\n")
+
+
+def metaspace_tokenizer() -> Tokenizer:
+    """A small BPE with sentencepiece's word-start marker (its decoder drops the first space)."""
+    tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>"], show_progress=False)
+    tokenizer.train_from_iterator([TEXT, "read the config and return the settings"] * 4, trainer)
+    return tokenizer
+
+
+def streamed(tokenizer, ids) -> str:
+    stream = TextStream(tokenizer)
+    return "".join(stream.push(token) for token in ids) + stream.flush()
+
+
+@pytest.mark.parametrize("make", [lambda: Tokenizer.from_file(str(PAIR_TOKENIZER)), metaspace_tokenizer],
+                         ids=["byte-level", "metaspace"])
+def test_deltas_add_up_to_the_full_text(make):
+    tokenizer = make()
+    ids = tokenizer.encode(TEXT).ids
+    assert streamed(tokenizer, ids) == tokenizer.decode(ids, skip_special_tokens=True)
+    # a stream that ends inside a multi-byte character still gives what a full decode gives
+    cut = ids[:-1]
+    assert streamed(tokenizer, cut) == tokenizer.decode(cut, skip_special_tokens=True)
+
+
+def test_partial_characters_are_held_back():
+    tokenizer = Tokenizer.from_file(str(PAIR_TOKENIZER))
+    stream = TextStream(tokenizer)
+    deltas = [stream.push(token) for token in tokenizer.encode("🙂🚀").ids]
+    assert not any("\ufffd" in delta for delta in deltas)
+    assert "".join(deltas) + stream.flush() == "🙂🚀"
+
+
+def test_each_push_decodes_a_bounded_window():
+    tokenizer = Tokenizer.from_file(str(PAIR_TOKENIZER))
+    lengths = []
+
+    class Counting:
+        def decode(self, ids, skip_special_tokens=True):
+            lengths.append(len(ids))
+            return tokenizer.decode(ids, skip_special_tokens=skip_special_tokens)
+
+    ids = tokenizer.encode(TEXT * 40).ids
+    assert len(ids) > 1500
+    assert streamed(Counting(), ids) == tokenizer.decode(ids)
+    assert max(lengths) <= 16
