@@ -136,27 +136,25 @@ class KVLayout:
         scale_shape = self._scale_shape
 
         @T.macro
-        def append_one(th, n, capacity, sc, qkv, inv_freq, data, scales, start, layer):
+        def append_token(t, n, capacity, sc, qkv, inv_freq, data, scales, start, layer):
             with T.sblock("append"):
                 T.reads(qkv[0:n, key:key + 2 * kv_heads, 0:dim], inv_freq[0:half], start[0:1])
                 T.writes(data[layer, 0:2, 0:kv_heads, 0:capacity, 0:packed],
                          scales[0:sc[0], 0:sc[1], 0:sc[2], 0:sc[3], 0:sc[4]])
+                rope = T.sblock_alloc_buffer((1, 2, half), "float32")
                 row = T.sblock_alloc_buffer((dim,), "float32")
                 stat = T.sblock_alloc_buffer((2,), "float32")
-                t: T.let[T.int64] = th // kv_heads
-                h: T.let[T.int64] = th % kv_heads
                 pos: T.let[T.int64] = start[0] + t
                 slot: T.let[T.int64] = slot_of(pos)
-                for d in T.serial(half):  # one cos and sin per pair of rotated values
-                    angle: T.let[T.float32] = T.Cast("float32", pos) * inv_freq[d]
-                    cos: T.let[T.float32] = T.cos(angle)
-                    sin: T.let[T.float32] = T.sin(angle)
-                    row[d] = qkv[t, key + h, d] * cos - qkv[t, key + h, d + half] * sin
-                    row[d + half] = qkv[t, key + h, d + half] * cos + qkv[t, key + h, d] * sin
-                store(row, stat, data, scales, layer, 0, h, slot)
-                for d in T.serial(dim):
-                    row[d] = qkv[t, value + h, d]
-                store(row, stat, data, scales, layer, 1, h, slot)
+                rope_table(rope, 0, pos, inv_freq, half)
+                for h in T.serial(kv_heads):
+                    for d in T.serial(half):
+                        row[d] = qkv[t, key + h, d] * rope[0, 0, d] - qkv[t, key + h, d + half] * rope[0, 1, d]
+                        row[d + half] = qkv[t, key + h, d + half] * rope[0, 0, d] + qkv[t, key + h, d] * rope[0, 1, d]
+                    store(row, stat, data, scales, layer, 0, h, slot)
+                    for d in T.serial(dim):
+                        row[d] = qkv[t, value + h, d]
+                    store(row, stat, data, scales, layer, 1, h, slot)
 
         @T.prim_func(private=True, s_tir=True)
         def kv_append(var_qkv: T.handle, inv_freq: T.Buffer((half,), "float32"),
@@ -169,11 +167,11 @@ class KVLayout:
             sc = T.meta_var(scale_shape(capacity))
             scales = T.match_buffer(var_scales, sc, "float16")
             if n * kv_heads <= SERIAL_TASKS:  # a small call: waking the thread pool costs more
-                for th in T.serial(n * kv_heads):
-                    append_one(th, n, capacity, sc, qkv, inv_freq, data, scales, start, layer)
+                for t in T.serial(n):
+                    append_token(t, n, capacity, sc, qkv, inv_freq, data, scales, start, layer)
             else:
-                for th in T.parallel(n * kv_heads):
-                    append_one(th, n, capacity, sc, qkv, inv_freq, data, scales, start, layer)
+                for t in T.parallel(n):
+                    append_token(t, n, capacity, sc, qkv, inv_freq, data, scales, start, layer)
 
         return kv_append
 
@@ -197,13 +195,11 @@ class KVLayout:
         score, accumulate = _SCORE_MACROS[self.kind], _ACCUMULATE_MACROS[self.kind]
 
         @T.macro
-        def rotate_query(dest, t, h, qpos, inv_freq, q):
-            for d in T.serial(half):  # one cos and sin per pair of rotated values
-                angle: T.let[T.float32] = T.Cast("float32", qpos) * inv_freq[d]
-                cos: T.let[T.float32] = T.cos(angle)
-                sin: T.let[T.float32] = T.sin(angle)
-                dest[d] = (q[t, h, d] * cos - q[t, h, d + half] * sin) * T.float32(scale)
-                dest[d + half] = (q[t, h, d + half] * cos + q[t, h, d] * sin) * T.float32(scale)
+        def rotate_query(dest, t, h, q, rope, r):
+            """Query (t, h) rotated by rope[r] (cos, sin) and scaled by 1 / sqrt(head_dim)."""
+            for d in T.serial(half):
+                dest[d] = (q[t, h, d] * rope[r, 0, d] - q[t, h, d + half] * rope[r, 1, d]) * T.float32(scale)
+                dest[d + half] = (q[t, h, d + half] * rope[r, 0, d] + q[t, h, d] * rope[r, 1, d]) * T.float32(scale)
 
         @T.macro
         def attend(query, qsum, st, part, acc, chunk, data, scales, layer, kh, first, count):
@@ -231,9 +227,9 @@ class KVLayout:
                     accumulate(acc, chunk[j], data, scales, layer, kh, slot_of(first + c * T.int64(CHUNK) + j))
 
         @T.macro
-        def attend_one(th, n, capacity, sc, q, inv_freq, data, scales, start, layer, out):
+        def attend_one(th, n, capacity, sc, q, rope, inv_freq, data, scales, start, layer, out):
             with T.sblock("attend"):
-                T.reads(q[0:n, 0:heads, 0:dim], inv_freq[0:half], start[0:1],
+                T.reads(q[0:n, 0:heads, 0:dim], rope[0:n, 0:2, 0:half], inv_freq[0:half], start[0:1],
                         data[layer, 0:2, 0:kv_heads, 0:capacity, 0:packed],
                         scales[0:sc[0], 0:sc[1], 0:sc[2], 0:sc[3], 0:sc[4]])
                 T.writes(out[0:n, 0:heads, 0:dim])
@@ -254,21 +250,23 @@ class KVLayout:
                 if windowed:
                     oldest: T.let[T.int64] = T.max(T.int64(sinks), qpos - T.int64(window - 1))
                     if oldest == T.int64(sinks):  # nothing evicted yet: one run, exactly as a dense cache
-                        rotate_query(query, t, h, qpos, inv_freq, q)
+                        rotate_query(query, t, h, q, rope, t)
                         _sum(query, qsum, dim)
                         attend(query, qsum, st, part, acc, chunk, data, scales, layer, kh, T.int64(0), qpos + 1)
                     else:
                         # sinks, scored as if just before the oldest kept position
-                        rotate_query(query, t, h, qpos - oldest + T.int64(sinks), inv_freq, q)
+                        sink_rope = T.sblock_alloc_buffer((1, 2, half), "float32")
+                        rope_table(sink_rope, 0, qpos - oldest + T.int64(sinks), inv_freq, half)
+                        rotate_query(query, t, h, q, sink_rope, 0)
                         _sum(query, qsum, dim)
                         attend(query, qsum, st, part, acc, chunk, data, scales, layer, kh, T.int64(0),
                                T.int64(sinks))
-                        rotate_query(query, t, h, qpos, inv_freq, q)
+                        rotate_query(query, t, h, q, rope, t)
                         _sum(query, qsum, dim)
                         attend(query, qsum, st, part, acc, chunk, data, scales, layer, kh, oldest,
                                qpos + 1 - oldest)
                 else:
-                    rotate_query(query, t, h, qpos, inv_freq, q)
+                    rotate_query(query, t, h, q, rope, t)
                     _sum(query, qsum, dim)
                     attend(query, qsum, st, part, acc, chunk, data, scales, layer, kh, T.int64(0), qpos + 1)
                 for d in T.serial(dim):
@@ -285,12 +283,15 @@ class KVLayout:
             sc = T.meta_var(scale_shape(capacity))
             scales = T.match_buffer(var_scales, sc, "float16")
             out = T.match_buffer(var_out, (n, heads, dim), "float32")
+            rope = T.alloc_buffer((n, 2, half), "float32")  # each new position's cos and sin, for every head
+            for t in T.serial(n):
+                rope_table(rope, t, start[0] + t, inv_freq, half)
             if n * heads * (start[0] + n) <= SERIAL_VISITS:  # a small call: waking the thread pool costs more
                 for th in T.serial(n * heads):
-                    attend_one(th, n, capacity, sc, q, inv_freq, data, scales, start, layer, out)
+                    attend_one(th, n, capacity, sc, q, rope, inv_freq, data, scales, start, layer, out)
             else:
                 for th in T.parallel(n * heads):
-                    attend_one(th, n, capacity, sc, q, inv_freq, data, scales, start, layer, out)
+                    attend_one(th, n, capacity, sc, q, rope, inv_freq, data, scales, start, layer, out)
 
         return kv_attention
 
@@ -305,6 +306,16 @@ class KVLayout:
         sinks, ring = self.sinks, self.ring
         return lambda pos: T.if_then_else(pos < T.int64(sinks), pos,
                                           T.int64(sinks) + T.floormod(pos - T.int64(sinks), T.int64(ring)))
+
+
+@T.macro
+def rope_table(rope, r, pos, inv_freq, half):
+    """rope[r] = cos and sin of every rotated pair's angle at `pos`, computed once per position
+    and read by all of its heads: each value is a scalar libm call."""
+    for d in T.serial(half):
+        angle: T.let[T.float32] = T.Cast("float32", pos) * inv_freq[d]
+        rope[r, 0, d] = T.cos(angle)
+        rope[r, 1, d] = T.sin(angle)
 
 
 @T.macro
