@@ -12,8 +12,12 @@ the same software does the same work. Steps:
   5. both saved in Hugging Face format (float16), then evaluated from the saved files in float32:
      held-out perplexity and greedy acceptance for k = 1..8, written to metrics.json.
 
-Example (the committed pair; see models/pair/README.md for the exact command):
+`--distill-more STEPS` continues step 4 alone on a saved pair (the draft was undertrained after
+the default budget), then re-evaluates.
+
+Example (the committed pair; see models/pair/README.md for the exact commands):
   nice -n 10 python training/train_pair.py --out models/pair
+  python training/train_pair.py --out models/pair --distill-more 1200 --distill-lr 1e-3 --log-every 100
 """
 
 from __future__ import annotations
@@ -370,6 +374,9 @@ def parse_args(argv=None):
     p.add_argument("--draft-lr", type=float, default=3e-3)
     p.add_argument("--distill-steps", type=int, default=500)
     p.add_argument("--distill-lr", type=float, default=1.5e-3)
+    p.add_argument("--distill-more", type=int, default=0, metavar="STEPS",
+                   help="no new training: distill the saved draft on the saved target for STEPS more steps "
+                        "(fresh optimizer and schedule at --distill-lr), then re-evaluate")
     # evaluation
     p.add_argument("--eval-only", action="store_true", help="re-evaluate the saved pair, no training")
     p.add_argument("--eval-ctx", type=int, default=512)
@@ -379,6 +386,20 @@ def parse_args(argv=None):
     p.add_argument("--prompt-len", type=int, default=64)
     p.add_argument("--new-tokens", type=int, default=64)
     return p.parse_args(argv)
+
+
+def distill_more(out: Path, tok: Tokenizer, train_stream, heldout_stream, args, metrics: dict) -> None:
+    """Continue distilling the saved draft; each round is appended to metrics["training"]["distill_more"]."""
+    target, draft = load_f32(out / "target"), load_f32(out / "draft")
+    rounds = metrics["training"].setdefault("distill_more", [])
+    # A new seed per round, so that a second round does not replay the first one's batches.
+    seed = args.seed + 3 + len(rounds)
+    result = train(draft, train_stream, heldout_stream, args, args.distill_more, args.distill_lr, seed,
+                   "distill-more", teacher=target)
+    result["seed"] = seed
+    result["command"] = " ".join(["python"] + sys.argv)
+    rounds.append(result)
+    save_model(draft, tok, out / "draft")
 
 
 def shape(text: str) -> dict:
@@ -398,7 +419,7 @@ def main(argv=None) -> None:
     log(f"corpus: {len(train_docs)} train files ({sum(len(t) for _, t in train_docs) / 1e6:.1f}M chars), "
         f"{len(heldout)} held-out ({sum(len(t) for _, t in heldout) / 1e6:.2f}M chars)")
     metrics_path = out / "metrics.json"
-    if args.eval_only:
+    if args.eval_only or args.distill_more:
         tok = Tokenizer.from_file(str(out / "target" / "tokenizer.json"))
         metrics = json.loads(metrics_path.read_text())
     else:
@@ -411,7 +432,9 @@ def main(argv=None) -> None:
     heldout_stream = encode_stream(tok, [t for _, t in heldout])
     log(f"tokens: {len(train_stream)} train, {len(heldout_stream)} held-out")
 
-    if not args.eval_only:
+    if args.distill_more:
+        distill_more(out, tok, train_stream, heldout_stream, args, metrics)
+    elif not args.eval_only:
         vocab = tok.get_vocab_size()
         target = make_model(vocab, eos, **shape(args.target_shape), seed=args.seed)
         draft = make_model(vocab, eos, **shape(args.draft_shape), seed=args.seed + 1)
