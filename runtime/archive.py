@@ -82,6 +82,8 @@ def unpack(archive: Path, trust: Trust) -> Path:
                 _unpack_verified(tar, archive, target, manifest, head)
     except tarfile.TarError as e:
         raise AirError(f"{archive}: damaged archive ({e})") from None
+    except OSError as e:
+        raise AirError(f"{archive}: cannot unpack ({e})") from None
     return target
 
 
