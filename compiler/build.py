@@ -13,8 +13,9 @@ import tvm
 from tokenizers import Tokenizer
 
 from air.errors import AirError
-from air.runtime.manifest import FORMAT_NAME, FORMAT_VERSION, file_record, write_manifest
+from air.runtime.manifest import FORMAT_NAME, FORMAT_VERSION, file_record, read_manifest, write_manifest
 from air.runtime.routing import ROUTING_FILE
+from air.runtime.signing import write_signature
 from air.targets import Device, host_device, resolve_device
 
 from .checkpoint import TOKENIZER_FILES, Checkpoint, load_checkpoint
@@ -186,7 +187,8 @@ def _write_bundle(staging: Path, target: Checkpoint, draft: Checkpoint | None, r
 
 
 def compile_bundle(target_path: str, draft_path: str | None, recipe: Recipe, output: Path,
-                   quiet: bool = False, rpc: str | None = None) -> dict:
+                   quiet: bool = False, rpc: str | None = None, signing_key=None) -> dict:
+    """`signing_key` (an Ed25519 private key): sign the manifest before the bundle is published."""
     from .bundle_writer import staged_bundle
 
     progress = Progress(total_stages=4 if draft_path is None else 7, quiet=quiet)
@@ -201,6 +203,8 @@ def compile_bundle(target_path: str, draft_path: str | None, recipe: Recipe, out
         if draft is not None:
             with progress.stage("calibrating the routing table"):
                 _add_routing_table(staging, manifest, target, draft, recipe, device, rpc, progress)
+        if signing_key is not None:
+            write_signature(staging, read_manifest(staging), signing_key)
     if not quiet:
         total = sum(r["size"] for r in manifest["files"].values())
         print(f"bundle written to {output} ({total / 1e6:.1f} MB) in {progress.elapsed:.1f}s", flush=True)

@@ -5,12 +5,12 @@ leaves no half bundle behind (and an existing bundle is replaced only by a whole
 from __future__ import annotations
 
 import contextlib
-import os
 import shutil
 import tempfile
 from pathlib import Path
 
 from air.errors import AirError
+from air.runtime.folders import publish
 from air.runtime.manifest import MANIFEST_NAME
 
 
@@ -31,17 +31,6 @@ def staged_bundle(output: Path):
     staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
     try:
         yield staging
-        _publish(staging, output)
+        publish(staging, output)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-
-
-def _publish(staging: Path, output: Path) -> None:
-    os.chmod(staging, 0o755)
-    if not output.exists():
-        os.rename(staging, output)
-        return
-    retired = Path(tempfile.mkdtemp(prefix=f".{output.name}.old-", dir=output.parent))
-    os.rename(output, retired / "bundle")
-    os.rename(staging, output)
-    shutil.rmtree(retired, ignore_errors=True)

@@ -52,10 +52,13 @@ def main():
 @click.option("--rpc", help="Measure per-step costs on the device over TVM RPC: HOST:PORT of its server, "
                              "or KEY@HOST:PORT of a tracker.")
 @click.option("--archive", is_flag=True, help="Also write the bundle as one file, <output>.air, for copying.")
+@click.option("--sign", "sign_key", type=click.Path(), help="Sign the bundle with this private key (air-build keygen).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
 def compile(target_model, draft_model, recipe, output, max_context, quantization, draft_quantization, kv_cache,
-            kv_window, kv_sinks, rpc, archive, quiet):  # noqa: A001 - the command's name
+            kv_window, kv_sinks, rpc, archive, sign_key, quiet):  # noqa: A001 - the command's name
     """Compile a target (and draft) model for a device recipe into a bundle."""
+    from air.runtime.signing import load_private_key
+
     from .recipe import load_recipe
 
     signal.signal(signal.SIGTERM, _interrupt)
@@ -65,9 +68,10 @@ def compile(target_model, draft_model, recipe, output, max_context, quantization
                                                     draft_quantization=draft_quantization, kv_window=kv_window,
                                                     kv_sinks=kv_sinks)
         destination = Path(output) if output else Path("dist") / Path(target_model).resolve().name
+        key = load_private_key(Path(sign_key)) if sign_key else None  # a bad key stops before compiling
         from .build import compile_bundle
 
-        compile_bundle(target_model, draft_model, chosen, destination, quiet=quiet, rpc=rpc)
+        compile_bundle(target_model, draft_model, chosen, destination, quiet=quiet, rpc=rpc, signing_key=key)
         if archive:
             _pack(destination, destination.with_name(destination.name + SUFFIX), quiet)
     except AirError as e:
@@ -101,6 +105,39 @@ def pack_command(bundle, output):
 
 
 @main.command()
+@click.option("--output", required=True, type=click.Path(), help="Folder for air-signing.key (private) and air-signing.pub.")
+def keygen(output):
+    """Make an Ed25519 key pair for signing bundles."""
+    from air.runtime.signing import PRIVATE_KEY_NAME, PUBLIC_KEY_NAME, generate_keys
+
+    try:
+        named = generate_keys(Path(output))
+    except AirError as e:
+        _fail(str(e))
+    click.echo(f"key {named}: private {Path(output) / PRIVATE_KEY_NAME} (keep it secret), "
+               f"public {Path(output) / PUBLIC_KEY_NAME} (give it to devices: air-run --trust)")
+
+
+@main.command()
+@click.argument("bundle", type=click.Path())
+@click.option("--key", required=True, type=click.Path(), help="Private key (air-build keygen).")
+def sign(bundle, key):
+    """Sign a bundle's manifest (which holds every file's hash); the files are checked first."""
+    from air.runtime.manifest import read_manifest, verify_files
+    from air.runtime.signing import SIGNATURE_NAME, load_private_key, write_signature
+
+    try:
+        root = Path(bundle)
+        private = load_private_key(Path(key))
+        manifest = read_manifest(root)
+        verify_files(root, manifest)
+        named = write_signature(root, manifest, private)
+    except AirError as e:
+        _fail(str(e))
+    click.echo(f"{root / SIGNATURE_NAME}: signed by {named}")
+
+
+@main.command()
 @click.argument("bundle", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print the whole manifest as JSON.")
 def inspect(bundle, as_json):
@@ -111,12 +148,20 @@ def inspect(bundle, as_json):
         root = Path(bundle)
         manifest = read_manifest(root)
         verify_files(root, manifest)
+        signer = _signer(root, manifest)
     except AirError as e:
         _fail(str(e))
     if as_json:
         click.echo(json.dumps(manifest, indent=2))
         return
-    click.echo(_summary(root, manifest))
+    click.echo(_summary(root, manifest) + f"\nsignature: {signer}")
+
+
+def _signer(root: Path, manifest: dict) -> str:
+    from air.runtime.signing import describe_signer, read_signature
+
+    data = read_signature(root)
+    return "not signed" if data is None else describe_signer(manifest, data, str(root))
 
 
 def _summary(root: Path, manifest: dict) -> str:

@@ -21,6 +21,9 @@ from air.errors import AirError
 from .archive import is_archive, unpack
 from .generation import Generator
 from .manifest import read_manifest, verify_files
+from .signing import read_signature
+from .trust import Trust
+from .verified import VerificationCache
 from .model import CompiledModel, cache_capacity, position_limit
 from .routing import Route, lookup, memory_class
 from .sampling import Sampler
@@ -79,20 +82,32 @@ class Bundle:
         self._models: dict[str, CompiledModel] = {}  # loaded on first use: a request may need only one
         self.eos_token_ids = set(manifest["tokenizer"].get("eos_token_ids", []))
         self.routing = json.loads((root / manifest["routing"]).read_text()) if "routing" in manifest else None
+        self.verification = {"signature_checked": False, "signer": None}  # what load() checked
 
     @classmethod
     def load(cls, path: str | os.PathLike, threads: int | None = None, verify: bool = True,
-             memory_budget_mb: float | None = None) -> "Bundle":
+             memory_budget_mb: float | None = None, trust: Trust | None = None,
+             rehash: bool = False) -> "Bundle":
+        """Signature (when trust is configured: `trust`, else the environment's) and every
+        file's hash are checked here, before any library is loaded. `rehash`: hash every
+        file even if the verification cache remembers it."""
         root = Path(path)
+        trust = trust if trust is not None else Trust.configure()
         if is_archive(root):
-            root = unpack(root)
+            root = unpack(root, trust)
         manifest = read_manifest(root)
+        checked = trust.check(manifest, read_signature(root), str(root))
         check_machine(manifest)
         if verify:
-            verify_files(root, manifest)
+            cache = VerificationCache(root, manifest, force=rehash)
+            verify_files(root, manifest, cache.sha256)
+            cache.save()
+            checked.update(files_hashed=cache.hashed, files_remembered=cache.cached)
         if threads is None:
             threads = int(manifest.get("runtime", {}).get("threads", 0))
-        return cls(root, manifest, threads, memory_budget_mb)
+        bundle = cls(root, manifest, threads, memory_budget_mb)
+        bundle.verification = checked
+        return bundle
 
     def _model(self, role: str) -> CompiledModel:
         if role not in self.manifest["models"]:
@@ -208,6 +223,7 @@ class Bundle:
         stream = TextStream(self.tokenizer)
         emit = (lambda token: on_text(stream.push(token))) if on_text is not None else (lambda token: None)
         tokens, finish, stats = generator.run(ids, max_tokens, k, emit)
+        stats["verification"] = dict(self.verification)
         if on_text is not None:
             on_text(stream.flush())
         text = self.tokenizer.decode(tokens, skip_special_tokens=True)

@@ -36,15 +36,20 @@ def _parse_ids(text: str) -> list[int]:
               help="MiB the request may use for weights and KV cache (default: the recipe's; 0 = no limit).")
 @click.option("--threads", type=click.IntRange(min=0), default=None, help="CPU threads (default: the bundle's recipe; 0 = all cores).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (tokens, text, stats) instead of streaming text.")
+@click.option("--trust", "trusted", multiple=True, type=click.Path(),
+              help="Run only bundles signed by this public key (repeatable; also $AIR_TRUSTED_KEYS/*.pub).")
+@click.option("--verify", "rehash", is_flag=True, help="Hash every bundle file, even those verified at an earlier start.")
 def main(bundle, prompt, prompt_ids, max_tokens, temperature, top_p, seed, speculate, quality, explain,
-         memory_budget, threads, as_json):
+         memory_budget, threads, as_json, trusted, rehash):
     """Generate text with a compiled BUNDLE."""
     try:
         if (prompt is None) == (prompt_ids is None):
             raise AirError("give exactly one of --prompt or --prompt-ids")
         from .bundle import Bundle
+        from .trust import Trust
 
-        loaded = Bundle.load(bundle, threads=threads, memory_budget_mb=memory_budget)
+        loaded = Bundle.load(bundle, threads=threads, memory_budget_mb=memory_budget,
+                             trust=Trust.configure(trusted), rehash=rehash)
         ids = _parse_ids(prompt_ids) if prompt_ids is not None else None
         on_text = None if as_json else (lambda delta: (sys.stdout.write(delta), sys.stdout.flush()))
         result = loaded.generate(prompt=prompt, prompt_ids=ids, max_tokens=max_tokens, temperature=temperature,

@@ -87,17 +87,26 @@ def read_manifest(root: Path) -> dict:
     if not root.is_dir():
         raise AirError(f"{root}: bundle folder not found")
     try:
-        manifest = json.loads(path.read_text())
+        data = path.read_bytes()
     except FileNotFoundError:
         raise AirError(f"{root}: not a bundle (no {MANIFEST_NAME})") from None
-    except (OSError, ValueError) as e:
+    except OSError as e:
         raise AirError(f"{path}: unreadable manifest ({e})") from None
+    return parse_manifest(data, str(path))
+
+
+def parse_manifest(data: bytes, where: str) -> dict:
+    try:
+        manifest = json.loads(data)
+    except ValueError as e:
+        raise AirError(f"{where}: unreadable manifest ({e})") from None
     validate(manifest)
     return manifest
 
 
-def verify_files(root: Path, manifest: dict) -> None:
-    """Every listed file present, of the recorded size and hash; nothing else is loaded."""
+def verify_files(root: Path, manifest: dict, digest=sha256_file) -> None:
+    """Every listed file present, of the recorded size and hash; nothing else is loaded.
+    `digest` computes a file's sha256 (runtime/verified.py passes one that remembers)."""
     for relpath, record in manifest["files"].items():
         path = _inside(root, relpath)
         if not path.is_file():
@@ -105,7 +114,7 @@ def verify_files(root: Path, manifest: dict) -> None:
         size = path.stat().st_size
         if size != record["size"]:
             raise AirError(f"{root}: bundle file '{relpath}' has {size} bytes, manifest says {record['size']} (truncated or replaced)")
-        if sha256_file(path) != record["sha256"]:
+        if digest(path) != record["sha256"]:
             raise AirError(f"{root}: bundle file '{relpath}' does not match its sha256 in the manifest (modified)")
 
 

@@ -23,6 +23,12 @@ VARIANTS = {
 }
 
 
+@pytest.fixture(scope="session", autouse=True)
+def verification_cache(tmp_path_factory):
+    """Bundle verifications are remembered in a folder of the session, not in the home folder."""
+    os.environ["AIR_VERIFIED_CACHE"] = str(tmp_path_factory.mktemp("verified-cache"))
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("checkpoints")

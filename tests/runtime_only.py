@@ -24,5 +24,6 @@ try:
     runpy.run_module("air.runtime", run_name="__main__")
 finally:
     with open("/proc/self/maps") as maps:
-        loaded = "libtvm_compiler" in maps.read()
-    print(f"tvm compiler library loaded: {loaded}", file=sys.stderr)
+        mapped = maps.read()
+    print(f"tvm compiler library loaded: {'libtvm_compiler' in mapped}", file=sys.stderr)
+    print(f"bundle library loaded: {'/model.so' in mapped}", file=sys.stderr)

@@ -1,0 +1,97 @@
+"""Verified-once starts: remember each bundle file's sha256 under its on-disk identity.
+
+An entry says only "the file with this device, inode, size, mtime and ctime had this
+sha256"; the manifest's hashes (and its signature, checked at every start) still decide
+whether that is the right hash. Any write to a file changes its ctime (which no user can
+set back), so a changed file misses the cache and is hashed again. One cache file per
+bundle folder and manifest (named by the sha256 of both), in `$AIR_VERIFIED_CACHE` or
+`$XDG_CACHE_HOME/air/verified` (default `~/.cache/air/verified`): outside the bundle, so
+whoever ships a bundle cannot ship its cache. The folder is 0700 and each file 0600; a
+folder or file that is not this user's or that others may write is ignored, and so is an
+entry whose identity does not match the file. The cache is as trustworthy as the account
+that owns it (that account can also replace the trusted keys).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+from .manifest import sha256_file
+from .signing import manifest_digest
+
+CACHE_ENV = "AIR_VERIFIED_CACHE"
+
+
+def cache_folder() -> Path:
+    configured = os.environ.get(CACHE_ENV)
+    if configured:
+        return Path(configured)
+    cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(cache) / "air" / "verified"
+
+
+def _identity(st: os.stat_result) -> list[int]:
+    return [st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
+
+
+def _private(st: os.stat_result) -> bool:
+    return st.st_uid == os.geteuid() and not st.st_mode & (stat.S_IRWXG | stat.S_IRWXO)
+
+
+class VerificationCache:
+    """A memo of sha256_file for one bundle folder; `sha256` is a drop-in for it."""
+
+    def __init__(self, root: Path, manifest: dict, force: bool = False):
+        key = hashlib.sha256(f"{manifest_digest(manifest)}\0{root.resolve()}".encode()).hexdigest()
+        self.path = cache_folder() / f"{key[:32]}.json"
+        self.entries = {} if force else self._read()
+        self.hashed = 0
+        self.cached = 0
+
+    def _read(self) -> dict:
+        try:
+            if not _private(os.stat(self.path.parent)):
+                return {}
+            with open(self.path, "rb") as f:
+                if not _private(os.fstat(f.fileno())):
+                    return {}
+                entries = json.loads(f.read())
+        except (OSError, ValueError):
+            return {}
+        return entries if isinstance(entries, dict) else {}
+
+    def sha256(self, path: Path) -> str:
+        before = os.stat(path)
+        entry = self.entries.get(str(path))
+        if isinstance(entry, dict) and entry.get("identity") == _identity(before) and isinstance(entry.get("sha256"), str):
+            self.cached += 1
+            return entry["sha256"]
+        digest = sha256_file(path)
+        self.hashed += 1
+        if _identity(os.stat(path)) == _identity(before):  # unchanged while it was read
+            self.remember(path, before, digest)
+        return digest
+
+    def remember(self, path: Path, st: os.stat_result, digest: str) -> None:
+        self.entries[str(path)] = {"identity": _identity(st), "sha256": digest}
+
+    def save(self) -> None:
+        """Write the entries (best effort: a read-only home only costs the re-hash)."""
+        try:
+            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not _private(os.stat(self.path.parent)):
+                return
+            fd, staging = tempfile.mkstemp(prefix=".entries.", dir=self.path.parent)  # mode 0600
+        except OSError:
+            return
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(self.entries, f)
+            os.replace(staging, self.path)
+        except OSError:
+            os.unlink(staging)
