@@ -15,7 +15,7 @@ from tokenizers import Tokenizer
 from air.errors import AirError
 from air.runtime.manifest import FORMAT_NAME, FORMAT_VERSION, file_record, write_manifest
 from air.runtime.routing import ROUTING_FILE
-from air.targets import Device, host_device, resolve_device
+from air.devices import Device, host_device, resolve_device
 
 from .checkpoint import TOKENIZER_FILES, Checkpoint, load_checkpoint
 from .kv_layouts import KVLayout
@@ -77,7 +77,7 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
     if kv.windowed and kv.window + kv.sinks > kv.max_context:
         raise AirError(f"recipe {recipe.name}: kv_cache window {kv.window} + sinks {kv.sinks} exceed the context of {kv.max_context}")
     scheme = recipe.weight_format(role)
-    model = CausalLM(spec, kv, WeightFormat(scheme, json.dumps(device.tvm_target)))
+    model = CausalLM(spec, kv, WeightFormat(scheme, tvm_target=json.dumps(device.tvm_target)))
     if scheme in ("q4", "q8"):
         _check_quantizable(ckpt, scheme)
     module, named_params = model.export_tvm(spec=model.export_spec())

@@ -157,10 +157,10 @@ def _routing_summary(root: Path, manifest: dict) -> list[str]:
     return lines
 
 
-@main.command()
-def targets():
+@main.command("devices")
+def devices_command():
     """List the device families and what each needs on this workstation."""
-    from air.targets import NEEDS
+    from air.devices import NEEDS
 
     from .recipe import load_recipe, packaged_recipes
 
@@ -169,6 +169,11 @@ def targets():
         by_device.setdefault(load_recipe(name).device, []).append(name)
     for device, needs in NEEDS.items():
         click.echo(f"{device}: recipes {', '.join(by_device.get(device, ['-']))}; needs {needs}")
+
+
+# The command's name before the rename, kept so that old scripts work.
+main.add_command(click.Command("targets", callback=devices_command.callback, hidden=True,
+                               help=devices_command.help))
 
 
 @main.command()

@@ -8,7 +8,7 @@ import tvm
 from air.compiler import kv_layouts
 from air.compiler.kv_layouts import KINDS, KVLayout
 from air.compiler.spec import spec_from_config
-from air.targets import host_device
+from air.devices import host_device
 
 SPEC = spec_from_config({"architectures": ["LlamaForCausalLM"], "vocab_size": 16, "hidden_size": 128,
                          "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
