@@ -96,7 +96,7 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
         "library": f"{role}/model.so",
         "weights": f"{role}/weights.safetensors",
         "params": [name for name, _ in named_params],
-        "kv_cache": kv.describe(),
+        "kv_cache": kv.cache_spec().to_dict(),
         "vocab_size": spec.vocab_size,
         "weight_bytes": weight_bytes,
         "eos_token_ids": _eos_token_ids(ckpt),
