@@ -34,7 +34,6 @@ import math
 
 from tvm.script import tirx as T
 
-from air.errors import AirError
 from air.runtime.contract import CAPACITY, CacheTensor, KVCacheSpec, KVGroup
 
 from .row_kernels import VEC, vector_exp
@@ -60,11 +59,6 @@ class KVLayout:
     sinks: int = 0
     window: int = 0  # 0: keep every position
     slack: int = 64
-
-    def __post_init__(self):
-        if self.spec.head_dim % (2 * LANES):
-            raise AirError(f"head_dim {self.spec.head_dim} is not supported by the KV-cache kernels "
-                           f"(a multiple of {2 * LANES} is needed)")
 
     @property
     def windowed(self) -> bool:

@@ -1,6 +1,6 @@
 """One decoder definition (tvm.relax.frontend.nn) for every supported family.
 
-Parameter names follow the Hugging Face checkpoints, so loading weights is a name match.
+Parameter names follow the Hugging Face checkpoints (tensor_map.py lists each one's sources).
 The exported functions prefill, decode and verify (signature: runtime/contract.py's
 function_inputs) share one forward pass. Each writes the new keys and values into the
 runtime's cache tensors in place, through the KV layout's kernels (kv_layouts.py).
