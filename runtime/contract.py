@@ -99,7 +99,7 @@ class KVGroup:
     def to_dict(self) -> dict:
         return {"kind": self.kind, "layers": list(self.layers), "sinks": self.sinks, "window": self.window,
                 "max_append": self.max_append, "fixed_capacity": self.fixed_capacity,
-                "tensors": [t.to_dict() for t in self.tensors]}
+                "bytes_per_token": self.bytes_per_token, "tensors": [t.to_dict() for t in self.tensors]}
 
     @staticmethod
     def from_dict(data, where: str) -> "KVGroup":
@@ -114,6 +114,9 @@ class KVGroup:
                         max_append=_field(data, "max_append", int, where),
                         fixed_capacity=_field(data, "fixed_capacity", int, where, optional=True))
         group._check(where)
+        if _field(data, "bytes_per_token", int, where) != group.bytes_per_token:
+            raise AirError(f"manifest: {where}.bytes_per_token {data['bytes_per_token']} disagrees with its "
+                           f"tensors ({group.bytes_per_token})")
         return group
 
     def _check(self, where: str) -> None:
