@@ -138,3 +138,12 @@ def test_archive_runs_directly_and_is_verified(pair, tmp_path):
                              capture_output=True, text=True)
     assert refused.returncode == 2 and "cannot unpack" in refused.stderr
     assert not (tmp_path / "evil.txt").exists()
+
+
+def test_devices_command_and_its_old_name():
+    devices = air_build("devices")
+    assert devices.returncode == 0, devices.stderr
+    assert devices.stdout.startswith("host: recipes") and "raspberry-pi-5:" in devices.stdout
+    assert air_build("targets").stdout == devices.stdout  # kept for old scripts
+    listed = air_build("--help").stdout
+    assert "devices" in listed and "targets" not in listed
