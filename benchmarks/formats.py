@@ -73,7 +73,7 @@ def read_bandwidth(threads):
     import tvm
     from quant_kernels import best_read_gbs
 
-    from air.targets import host_device
+    from air.devices import host_device
 
     from air.runtime.bundle import configure_threads
 

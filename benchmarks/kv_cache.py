@@ -90,8 +90,8 @@ def main():
         ppl, ref_ppl = np.exp(nll(logprobs, ids).mean()), np.exp(nll(ref_logprobs, ids).mean())
         same = [np.mean(np.array(bundle.generate(prompt_ids=p, max_tokens=args.generate).tokens) == np.array(r))
                 for p, r in zip(prompts, ref_generations)]
-        per_token = model.kv["bytes_per_token"]
-        print(f"{name:<18} {per_token:>9} {per_token / reference.target.kv['bytes_per_token']:>7.3f} {ppl:>8.3f} "
+        per_token = model.kv.bytes_per_token
+        print(f"{name:<18} {per_token:>9} {per_token / reference.target.kv.bytes_per_token:>7.3f} {ppl:>8.3f} "
               f"{ppl / ref_ppl - 1:>+10.2%} {kl:>9.5f} {top1:>6.3f} {np.mean(same):>7.3f}")
 
     window_name = f"int8+window{args.window}"
@@ -120,7 +120,7 @@ def main():
                 cells.append("-")
                 continue
             speed = decode_speed(bundle.target, context)
-            kv_mb = bundle.target.kv_bytes(context + 25) / 1e6
+            kv_mb = bundle.target.kv.bytes_for(context + 25) / 1e6
             cells.append(f"{speed:7.1f} ({kv_mb:4.1f}MB)")
         print(f"{name:<18} " + " ".join(f"{c:>14}" for c in cells))
 

@@ -25,7 +25,7 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-import air.targets
+import air.devices
 from air.compiler import dense, quant
 
 SHAPES = [(896, 896), (128, 896), (4864, 896), (896, 4864), (151936, 896)]
@@ -162,7 +162,7 @@ def main():
     parser.add_argument("--mcpu", help="compile for this LLVM CPU instead of the host's (it must run here)")
     args = parser.parse_args()
 
-    host = dict(air.targets.host_device().tvm_target)
+    host = dict(air.devices.host_device().tvm_target)
     if args.mcpu:
         host["mcpu"] = args.mcpu
     target = tvm.target.Target(host)

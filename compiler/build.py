@@ -16,8 +16,9 @@ from air.errors import AirError
 from air.runtime.manifest import FORMAT_NAME, FORMAT_VERSION, file_record, read_manifest, write_manifest
 from air.runtime.routing import ROUTING_FILE
 from air.runtime.signing import write_signature
-from air.targets import Device, host_device, resolve_device
+from air.devices import Device, host_device, resolve_device
 
+from . import limits
 from .checkpoint import TOKENIZER_FILES, Checkpoint, load_checkpoint
 from .kv_layouts import KVLayout
 from .layers import WeightFormat
@@ -27,19 +28,28 @@ from .progress import Progress
 from .recipe import Recipe
 from .remote import estimate_costs, measure_costs_rpc
 from .routing import build_table, calibrate, default_prompts
+from .tensor_map import tensor_map
 from .weights import check_tensors, write_weights
 
 AIR_VERSION = "0.1.0"
 
 
-def _context_length(ckpt: Checkpoint, recipe: Recipe, progress: Progress) -> int:
+def _context_length(ckpt: Checkpoint, recipe: Recipe, progress: Progress | None = None) -> int:
     spec = ckpt.spec
     limit = min(recipe.max_context, spec.max_position_embeddings)
     if spec.sliding_window and spec.sliding_window < limit:
         # Within its window a sliding-window model is exact full attention.
-        progress.note(f"{ckpt.path}: context limited to its sliding window of {spec.sliding_window}")
+        if progress is not None:
+            progress.note(f"{ckpt.path}: context limited to its sliding window of {spec.sliding_window}")
         limit = spec.sliding_window
     return limit
+
+
+def _check_inputs(role: str, ckpt: Checkpoint, recipe: Recipe) -> None:
+    """Everything that can be refused without compiling: the limits, then every tensor's presence and shape."""
+    limits.check_model(str(ckpt.path), ckpt.spec, recipe.weight_format(role))
+    limits.check_kv_cache(recipe.name, _context_length(ckpt, recipe), recipe.kv_sinks, recipe.kv_window)
+    check_tensors(ckpt, tensor_map(ckpt.spec))
 
 
 def _check_same_vocabulary(target: Checkpoint, draft: Checkpoint) -> None:
@@ -62,27 +72,12 @@ def _eos_token_ids(ckpt: Checkpoint) -> list[int]:
     return []
 
 
-def _check_quantizable(ckpt: Checkpoint, scheme: str) -> None:
-    s = ckpt.spec
-    widths = {"hidden_size": s.hidden_size, "intermediate_size": s.intermediate_size,
-              "num_heads * head_dim": s.num_heads * s.head_dim}
-    odd = [f"{name} {value}" for name, value in widths.items() if value % 32]
-    if odd:
-        raise AirError(f"{ckpt.path}: {scheme} needs layer widths that are multiples of 32 ({', '.join(odd)}); "
-                       "use --quantization f16 or f32")
-
-
 def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, staging: Path, progress: Progress) -> dict:
     spec = ckpt.spec
     kv = KVLayout(spec, recipe.kv_cache, _context_length(ckpt, recipe, progress), recipe.kv_sinks, recipe.kv_window)
-    if kv.windowed and kv.window + kv.sinks > kv.max_context:
-        raise AirError(f"recipe {recipe.name}: kv_cache window {kv.window} + sinks {kv.sinks} exceed the context of {kv.max_context}")
     scheme = recipe.weight_format(role)
-    model = CausalLM(spec, kv, WeightFormat(scheme, json.dumps(device.tvm_target)))
-    if scheme in ("q4", "q8"):
-        _check_quantizable(ckpt, scheme)
+    model = CausalLM(spec, kv, WeightFormat(scheme, tvm_target=json.dumps(device.tvm_target)))
     module, named_params = model.export_tvm(spec=model.export_spec())
-    check_tensors(ckpt, named_params, model)
     folder = staging / role
     folder.mkdir()
     with progress.stage(f"compiling {role} model ({spec.architecture}, {spec.num_layers} layers, "
@@ -90,14 +85,14 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
         executable = compile_module(module, device.tvm_target)
         executable.export_library(str(folder / "model.so"), **device.export_options())
     with progress.stage(f"writing {role} weights ({scheme})"):
-        weight_bytes = write_weights(ckpt, named_params, model, scheme, folder / "weights.safetensors")
+        weight_bytes = write_weights(ckpt, named_params, tensor_map(spec), scheme, folder / "weights.safetensors")
     return {
         "architecture": spec.to_dict(),
         "quantization": scheme,
         "library": f"{role}/model.so",
         "weights": f"{role}/weights.safetensors",
         "params": [name for name, _ in named_params],
-        "kv_cache": kv.describe(),
+        "kv_cache": kv.cache_spec().to_dict(),
         "vocab_size": spec.vocab_size,
         "weight_bytes": weight_bytes,
         "eos_token_ids": _eos_token_ids(ckpt),
@@ -198,6 +193,9 @@ def compile_bundle(target_path: str, draft_path: str | None, recipe: Recipe, out
         draft = load_checkpoint(draft_path) if draft_path else None
         if draft is not None:
             _check_same_vocabulary(target, draft)
+        _check_inputs("target", target, recipe)
+        if draft is not None:
+            _check_inputs("draft", draft, recipe)
     with staged_bundle(output) as staging:
         manifest = _write_bundle(staging, target, draft, recipe, device, output.name, progress)
         if draft is not None:

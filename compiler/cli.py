@@ -10,10 +10,10 @@ from pathlib import Path
 import click
 
 from air.errors import AirError
-
 from air.runtime.archive import SUFFIX, pack
+from air.runtime.contract import KV_DTYPES
+from air.runtime.manifest import kv_spec
 
-from .kv_layouts import KINDS
 from .layers import FORMATS
 
 
@@ -46,7 +46,7 @@ def main():
 @click.option("--quantization", type=click.Choice(FORMATS), help="Override the recipe's weight format.")
 @click.option("--draft-quantization", type=click.Choice(FORMATS),
               help="Weight format of the draft model [default: the recipe's draft_quantization, else --quantization].")
-@click.option("--kv-cache", type=click.Choice(KINDS), help="Override the recipe's KV-cache layout.")
+@click.option("--kv-cache", type=click.Choice(KV_DTYPES), help="Override the recipe's KV-cache storage dtype.")
 @click.option("--kv-window", type=click.IntRange(min=0), help="Keep only this many recent positions (0: all).")
 @click.option("--kv-sinks", type=click.IntRange(min=0), help="First positions always kept with a window.")
 @click.option("--rpc", help="Measure per-step costs on the device over TVM RPC: HOST:PORT of its server, "
@@ -173,13 +173,14 @@ def _summary(root: Path, manifest: dict) -> str:
         f"  tvm target: {json.dumps(device['tvm_target'])}",
     ]
     for role, entry in manifest["models"].items():
-        arch, kv = entry["architecture"], entry["kv_cache"]
+        arch, kv = entry["architecture"], kv_spec(entry, role)
+        kinds = "+".join(sorted({group.kind for group in kv.groups}))
         lines += [
             f"{role}: {arch['architecture']}, {arch['num_layers']} layers, hidden {arch['hidden_size']}, "
             f"heads {arch['num_heads']}/{arch['num_kv_heads']} (q/kv), vocab {entry['vocab_size']}",
             f"  weights: {entry['quantization']}, {entry['weight_bytes'] / 1e6:.1f} MB",
-            f"  kv cache: {kv['layout']} {kv['dtype']}, context {kv['max_context']}, "
-            f"{kv['bytes_per_token']} bytes/token, {kv['max_bytes'] / 1e6:.1f} MB at full context",
+            f"  kv cache: {kinds} {kv.dtype}, context {kv.max_context}, "
+            f"{kv.bytes_per_token} bytes/token, {kv.max_bytes / 1e6:.1f} MB at full context",
         ]
     lines += _routing_summary(root, manifest)
     prov = manifest["provenance"]
@@ -202,10 +203,10 @@ def _routing_summary(root: Path, manifest: dict) -> list[str]:
     return lines
 
 
-@main.command()
-def targets():
+@main.command("devices")
+def devices_command():
     """List the device families and what each needs on this workstation."""
-    from air.targets import NEEDS
+    from air.devices import NEEDS
 
     from .recipe import load_recipe, packaged_recipes
 
@@ -214,6 +215,11 @@ def targets():
         by_device.setdefault(load_recipe(name).device, []).append(name)
     for device, needs in NEEDS.items():
         click.echo(f"{device}: recipes {', '.join(by_device.get(device, ['-']))}; needs {needs}")
+
+
+# The command's name before the rename, kept so that old scripts work.
+main.add_command(click.Command("targets", callback=devices_command.callback, hidden=True,
+                               help=devices_command.help))
 
 
 @main.command()

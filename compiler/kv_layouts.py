@@ -2,7 +2,7 @@
 
 The runtime owns the cache tensors (it allocates what the manifest lists) and passes them to
 every compiled call; `kv_append` and `kv_attention` update and read them in place. The layout
-is chosen by the recipe and fixed at compile time:
+(storage dtype, window, sinks) is chosen by the recipe and fixed at compile time; dtypes:
 
   f32 / f16          plain values
   int8               symmetric, one f16 scale per token and head
@@ -13,7 +13,7 @@ Quantize-on-append happens inside `kv_append` (which also applies RoPE to the ke
 dequantization inside `kv_attention`'s loops: there is no separate pass over the cache.
 
 Tensors: data [layers, 2 (k, v), kv_heads, capacity, packed head_dim] and, for the integer
-kinds, scales [layers, 2, kv_heads, capacity, 1 or 2] in f16. `capacity` is symbolic: the
+dtypes, scales [layers, 2, kv_heads, capacity, 1 or 2] in f16. `capacity` is symbolic: the
 runtime sizes the cache for each request.
 
 Bounded memory (sinks + window, as in StreamingLLM): the first `sinks` positions stay, and a
@@ -34,7 +34,7 @@ import math
 
 from tvm.script import tirx as T
 
-from air.errors import AirError
+from air.runtime.contract import CAPACITY, CacheTensor, KVCacheSpec, KVGroup
 
 from .row_kernels import VEC, vector_exp
 from .spec import DecoderSpec
@@ -47,25 +47,18 @@ CHUNK = VEC  # positions per online-softmax step in attention (one vector of sco
 SERIAL_TASKS = 16  # (token, kv head) pairs appended
 SERIAL_VISITS = 1024  # (query, head, cached position) triples attended
 
-KINDS = ("f32", "f16", "int8", "int4")
 _STORAGE = {"f32": "float32", "f16": "float16", "int8": "int8", "int4": "uint8"}
-_ITEMSIZE = {"float32": 4, "float16": 2, "int8": 1, "uint8": 1}
 _SCALES = {"f32": 0, "f16": 0, "int8": 1, "int4": 2}
 
 
 @dataclasses.dataclass(frozen=True)
 class KVLayout:
     spec: DecoderSpec
-    kind: str
+    dtype: str  # the storage format: one of contract.KV_DTYPES
     max_context: int  # positions a request may reach when not windowed
     sinks: int = 0
     window: int = 0  # 0: keep every position
     slack: int = 64
-
-    def __post_init__(self):
-        if self.spec.head_dim % (2 * LANES):
-            raise AirError(f"head_dim {self.spec.head_dim} is not supported by the KV-cache kernels "
-                           f"(a multiple of {2 * LANES} is needed)")
 
     @property
     def windowed(self) -> bool:
@@ -81,44 +74,33 @@ class KVLayout:
 
     @property
     def storage_dtype(self) -> str:
-        return _STORAGE[self.kind]
+        return _STORAGE[self.dtype]
 
     @property
     def packed_dim(self) -> int:
-        return self.spec.head_dim // 2 if self.kind == "int4" else self.spec.head_dim
+        return self.spec.head_dim // 2 if self.dtype == "int4" else self.spec.head_dim
 
     @property
     def scale_count(self) -> int:
-        return _SCALES[self.kind]
+        return _SCALES[self.dtype]
 
     def tensor_shapes(self, capacity) -> list[tuple[tuple, str]]:
-        """(data, scales); the float kinds have no scales and get a one-element placeholder."""
+        """(data, scales); the float dtypes have no scales and get a one-element placeholder."""
         s = self.spec
         data = ((s.num_layers, 2, s.num_kv_heads, capacity, self.packed_dim), self.storage_dtype)
         if not self.scale_count:
             return [data, ((1, 1, 1, 1, 1), "float16")]
         return [data, ((s.num_layers, 2, s.num_kv_heads, capacity, self.scale_count), "float16")]
 
-    @property
-    def bytes_per_token(self) -> int:
-        s = self.spec
-        per_head = self.packed_dim * _ITEMSIZE[self.storage_dtype] + self.scale_count * 2
-        return s.num_layers * 2 * s.num_kv_heads * per_head
-
-    def describe(self) -> dict:
-        capacity = self.fixed_capacity or self.max_context
-        return {
-            "layout": "windowed" if self.windowed else "dense",
-            "dtype": self.kind,
-            "tensors": [{"shape": list(shape), "dtype": dtype} for shape, dtype in self.tensor_shapes("capacity")],
-            "max_context": self.max_context,
-            "sinks": self.sinks,
-            "window": self.window,
-            "fixed_capacity": self.fixed_capacity,
-            "max_append": self.slack if self.windowed else self.max_context,
-            "bytes_per_token": self.bytes_per_token,
-            "max_bytes": self.bytes_per_token * capacity,
-        }
+    def cache_spec(self) -> KVCacheSpec:
+        """The runtime's view of this cache (the manifest's kv_cache entry): one group, every layer."""
+        (data_shape, data_dtype), (scales_shape, scales_dtype) = self.tensor_shapes(CAPACITY)
+        group = KVGroup(kind="windowed" if self.windowed else "dense", layers=tuple(range(self.spec.num_layers)),
+                        tensors=(CacheTensor("cache_data", data_shape, data_dtype),
+                                 CacheTensor("cache_scales", scales_shape, scales_dtype)),
+                        sinks=self.sinks, window=self.window, max_append=self.slack if self.windowed else self.max_context,
+                        fixed_capacity=self.fixed_capacity)
+        return KVCacheSpec(dtype=self.dtype, max_context=self.max_context, groups=(group,))
 
     # -- kernels ---------------------------------------------------------------------------
 
@@ -130,9 +112,9 @@ class KVLayout:
         layers, kv_heads, dim, half = s.num_layers, s.num_kv_heads, s.head_dim, s.head_dim // 2
         heads = s.num_heads
         key, value = heads, heads + kv_heads  # the first key head and value head in qkv
-        kind, storage, packed = self.kind, self.storage_dtype, self.packed_dim
+        storage, packed = self.storage_dtype, self.packed_dim
         slot_of = self._slot_of()
-        store = _STORE_MACROS[kind]
+        store = _STORE_MACROS[self.dtype]
         scale_shape = self._scale_shape
 
         @T.macro
@@ -192,7 +174,7 @@ class KVLayout:
         windowed, sinks, window = self.windowed, self.sinks, self.window
         slot_of = self._slot_of()
         scale_shape = self._scale_shape
-        score, accumulate = _SCORE_MACROS[self.kind], _ACCUMULATE_MACROS[self.kind]
+        score, accumulate = _SCORE_MACROS[self.dtype], _ACCUMULATE_MACROS[self.dtype]
 
         @T.macro
         def rotate_query(dest, t, h, q, rope, r):

@@ -29,7 +29,7 @@ FORMATS = ("f32", "f16", "q8", "q4")
 @dataclasses.dataclass(frozen=True)
 class WeightFormat:
     scheme: str
-    target: str  # the TVM target as JSON: the quantized kernels pick their instructions from it
+    tvm_target: str  # as JSON (hashable: kernels are cached per format); they pick their instructions from it
 
     @property
     def quantized(self) -> bool:
@@ -93,8 +93,8 @@ class _Matrix(nn.Module):
         """x: f32 rows, or (packed formats) rows already quantized by a fused kernel."""
         if self.fmt.quantized:
             rows = x if isinstance(x, QuantizedRows) else quantize_rows(x)
-            return quantized_matmul(rows, self.qs, self.scales, self.fmt.scheme, self.rows, self.cols, self.fmt.target)
-        kernel = _dense_matmul_kernel(self.rows, self.cols, self.tiles.dtype, self.fmt.target)
+            return quantized_matmul(rows, self.qs, self.scales, self.fmt.scheme, self.rows, self.cols, self.fmt.tvm_target)
+        kernel = _dense_matmul_kernel(self.rows, self.cols, self.tiles.dtype, self.fmt.tvm_target)
         return op.tensor_ir_op(kernel, "matmul_dense", [x, self.tiles],
                                nn.Tensor.placeholder((x.shape[0], self.rows), "float32"))
 

@@ -1,12 +1,9 @@
 """One decoder definition (tvm.relax.frontend.nn) for every supported family.
 
-Parameter names follow the Hugging Face checkpoints, so loading weights is a name match.
-The three exported functions share one forward pass:
-  prefill(tokens[n], cache_data, cache_scales, start[1], *weights) -> last position's logits [1, vocab]
-  decode(token[1], ...)                                             -> logits [1, vocab]
-  verify(tokens[n], ...)                                            -> every position's logits [n, vocab]
-Each writes the new keys and values into the runtime's cache tensors in place, through the
-KV layout's kernels (kv_layouts.py).
+Parameter names follow the Hugging Face checkpoints (tensor_map.py lists each one's sources).
+The exported functions prefill, decode and verify (signature: runtime/contract.py's
+function_inputs) share one forward pass. Each writes the new keys and values into the
+runtime's cache tensors in place, through the KV layout's kernels (kv_layouts.py).
 """
 
 from __future__ import annotations
@@ -15,6 +12,8 @@ from tvm import tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
 from tvm.script import tirx as T
+
+from air.runtime.contract import FUNCTIONS, function_inputs
 
 from .kv_layouts import KVLayout
 from .layers import Embedding, Linear, RMSNorm, WeightFormat, head_norms, swiglu
@@ -132,8 +131,7 @@ class CausalLM(nn.Module):
             return self.model.embed_tokens.as_lm_head(hidden)
         return self.lm_head(hidden)
 
-    # Every argument is a tensor (no tuples, no shapes) so that the functions can also be
-    # called over TVM RPC for measurement: (tokens, cache data, cache scales, start [1] int64, *weights).
+    # The arguments are contract.function_inputs' (only tensors, so TVM RPC can call them).
     def prefill(self, tokens, cache_data, cache_scales, start):
         x, delta = self._residual(tokens, (cache_data, cache_scales), start)
         last_row = _last_row_kernel(self.spec.hidden_size)
@@ -149,13 +147,9 @@ class CausalLM(nn.Module):
         return self._logits(*self._residual(tokens, (cache_data, cache_scales), start))
 
     def export_spec(self) -> dict:
-        (data_shape, data_dtype), (scales_shape, scales_dtype) = self.kv.tensor_shapes("capacity")
-        common = {"cache_data": nn.spec.Tensor(list(data_shape), data_dtype),
-                  "cache_scales": nn.spec.Tensor(list(scales_shape), scales_dtype),
-                  "start": nn.spec.Tensor([1], "int64"),
-                  "$": {"param_mode": "plain", "effect_mode": "none"}}
-        return {
-            "prefill": {"tokens": nn.spec.Tensor(["n"], "int32"), **common},
-            "decode": {"token": nn.spec.Tensor([1], "int32"), **common},
-            "verify": {"tokens": nn.spec.Tensor(["n"], "int32"), **common},
-        }
+        kv = self.kv.cache_spec()
+        spec = {}
+        for function in FUNCTIONS:
+            spec[function] = {arg.name: nn.spec.Tensor(list(arg.shape), arg.dtype) for arg in function_inputs(function, kv)}
+            spec[function]["$"] = {"param_mode": "plain", "effect_mode": "none"}
+        return spec

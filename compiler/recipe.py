@@ -9,8 +9,8 @@ from pathlib import Path
 import yaml
 
 from air.errors import AirError
+from air.runtime.contract import KV_DTYPES
 
-from .kv_layouts import KINDS
 from .layers import FORMATS
 
 _KEYS = {"device", "quantization", "draft_quantization", "kv_cache", "threads", "memory_budget_mb", "calibration_prompts", "description"}
@@ -96,7 +96,7 @@ def load_recipe(name_or_path: str) -> Recipe:
         quantization=_choice(name, "quantization", data.get("quantization", "f32"), FORMATS),
         draft_quantization=(_choice(name, "draft_quantization", data["draft_quantization"], FORMATS)
                             if data.get("draft_quantization") is not None else None),
-        kv_cache=_choice(name, "kv_cache.dtype", kv.get("dtype", "f32"), KINDS),
+        kv_cache=_choice(name, "kv_cache.dtype", kv.get("dtype", "f32"), KV_DTYPES),
         max_context=_positive_int(name, "kv_cache.max_context", kv.get("max_context", 2048), 16),
         kv_sinks=_positive_int(name, "kv_cache.sinks", kv.get("sinks", 0), 0),
         kv_window=_positive_int(name, "kv_cache.window", kv.get("window", 0), 0),

@@ -12,7 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from air.errors import AirError
-from air.runtime.model import cache_capacity
+from air.runtime.contract import call_arguments
+from air.runtime.manifest import kv_spec
+from air.runtime.routing import ModelCosts, StepCosts
 from air.runtime.tensor_file import SafetensorsFile
 
 from .routing import MAX_K
@@ -45,48 +47,40 @@ def _remote_model(session, bundle: Path, entry: dict, role: str):
     vm = VirtualMachine(session.load_module(f"air-{role}.so"), device)
     weights = SafetensorsFile(bundle / entry["weights"])
     params = [runtime.tensor(np.ascontiguousarray(weights.read(name)), device) for name in entry["params"]]
-    kv = entry["kv_cache"]
-    capacity = cache_capacity(kv, _CONTEXT + MAX_K + 2)
-    caches = [runtime.tensor(np.zeros([capacity if d == "capacity" else d for d in t["shape"]], t["dtype"]), device)
-              for t in kv["tensors"]]
+    kv = kv_spec(entry, role)
+    caches = [runtime.tensor(np.zeros(shape, dtype), device) for shape, dtype in kv.shapes(kv.capacities(_CONTEXT + MAX_K + 2))]
     return vm, device, caches, params
 
 
 def _seconds(vm, device, function, tokens, start, caches, params) -> float:
     from tvm import runtime
 
-    args = [runtime.tensor(np.array(tokens, dtype=np.int32), device), *caches,
-            runtime.tensor(np.array([start], dtype=np.int64), device), *params]
+    args = call_arguments(runtime.tensor(np.array(tokens, dtype=np.int32), device), caches,
+                          runtime.tensor(np.array([start], dtype=np.int64), device), params)
     timer = vm.time_evaluator(function, device, number=3, repeat=5, min_repeat_ms=50)
     return float(np.median(timer(*args).results))
 
 
-def measure_costs_rpc(bundle: Path, manifest: dict, address: str) -> dict:
+def measure_costs_rpc(bundle: Path, manifest: dict, address: str) -> StepCosts:
     session = connect(address)
-    costs = {}
+    costs, verify = {}, {}
     for role in ("target", "draft"):
         vm, device, caches, params = _remote_model(session, bundle, manifest["models"][role], role)
         prompt = list(range(2, 2 + _CONTEXT))
-        costs[f"{role}_prefill_per_token"] = _seconds(vm, device, "prefill", prompt, 0, caches, params) / _CONTEXT
-        costs[f"{role}_decode"] = _seconds(vm, device, "decode", [7], _CONTEXT, caches, params)
+        costs[role] = ModelCosts(_seconds(vm, device, "prefill", prompt, 0, caches, params) / _CONTEXT,
+                                 _seconds(vm, device, "decode", [7], _CONTEXT, caches, params))
         if role == "target":
-            costs["target_verify"] = {str(k): _seconds(vm, device, "verify", [7] * (k + 1), _CONTEXT, caches, params)
-                                      for k in range(1, MAX_K + 1)}
-    return costs
+            verify = {k: _seconds(vm, device, "verify", [7] * (k + 1), _CONTEXT, caches, params)
+                      for k in range(1, MAX_K + 1)}
+    return StepCosts(costs["target"], costs["draft"], verify)
 
 
-def estimate_costs(host_costs: dict, manifest: dict, profile: dict) -> dict:
+def estimate_costs(host_costs: StepCosts, manifest: dict, profile: dict) -> StepCosts:
     """Scale the host's costs by the device's decode time from its memory bandwidth
     (a decode step reads every weight once), keeping the host's verify/decode ratios."""
     bandwidth = profile.get("bandwidth_gbs")
     if not bandwidth:
         raise AirError("the device profile has no bandwidth_gbs: cannot estimate its costs (use --rpc)")
-    scale = {role: manifest["models"][role]["weight_bytes"] / (bandwidth * 1e9) / host_costs[f"{role}_decode"]
+    scale = {role: manifest["models"][role]["weight_bytes"] / (bandwidth * 1e9) / host_costs.of(role).decode
              for role in ("target", "draft")}
-    return {
-        "target_prefill_per_token": host_costs["target_prefill_per_token"] * scale["target"],
-        "target_decode": host_costs["target_decode"] * scale["target"],
-        "draft_prefill_per_token": host_costs["draft_prefill_per_token"] * scale["draft"],
-        "draft_decode": host_costs["draft_decode"] * scale["draft"],
-        "target_verify": {k: v * scale["target"] for k, v in host_costs["target_verify"].items()},
-    }
+    return host_costs.scaled(target=scale["target"], draft=scale["draft"])

@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from air.runtime.routing import (GENERATION_BUCKETS, MEMORY_CLASSES, PROMPT_BUCKETS, TIERS, bucket_names,
-                                 row_key)
+from air.runtime.routing import (GENERATION_BUCKETS, MEMORY_CLASSES, PROMPT_BUCKETS, TIERS, ModelCosts, StepCosts,
+                                 bucket_names, row_key)
 
 MAX_K = 8
 # A representative length for each bucket, for the expected-time formula.
@@ -46,7 +46,7 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def measure_costs(bundle, repeats: int = 7) -> dict:
+def measure_costs(bundle, repeats: int = 7) -> StepCosts:
     """Per-call seconds of the compiled functions on this machine, at a modest context."""
     rng = np.random.default_rng(0)
     room = min(bundle.target.max_context, bundle.draft.max_context) - MAX_K - 2
@@ -64,18 +64,17 @@ def measure_costs(bundle, repeats: int = 7) -> dict:
             model.rollback(len(context))
             model.decode(7)
 
-        costs[f"{role}_prefill_per_token"] = _median_seconds(prefill, max(repeats // 2, 3)) / len(context)
+        per_token = _median_seconds(prefill, max(repeats // 2, 3)) / len(context)
         prefill()
-        costs[f"{role}_decode"] = _median_seconds(decode, repeats)
+        costs[role] = ModelCosts(per_token, _median_seconds(decode, repeats))
     verify = {}
     target = bundle.target
     for k in range(1, MAX_K + 1):
         def run():
             target.rollback(len(context))
             target.verify([7] * (k + 1))
-        verify[str(k)] = _median_seconds(run, repeats)
-    costs["target_verify"] = verify
-    return costs
+        verify[k] = _median_seconds(run, repeats)
+    return StepCosts(costs["target"], costs["draft"], verify)
 
 
 def draft_run_lengths(bundle, prompt_ids: list[int], tokens: int) -> list[int]:
@@ -134,9 +133,9 @@ def measure_acceptance(bundle, prompts: list[str], tokens: int = 48) -> dict:
 
 def _decode_rates(measurements: dict) -> dict[str, float]:
     costs, acceptance = measurements["costs"], measurements["acceptance"]
-    rates = {"target": 1 / costs["target_decode"], "draft": 1 / costs["draft_decode"]}
+    rates = {"target": 1 / costs.target.decode, "draft": 1 / costs.draft.decode}
     for k in range(1, MAX_K + 1):
-        round_seconds = k * costs["draft_decode"] + costs["target_verify"][str(k)]
+        round_seconds = k * costs.draft.decode + costs.target_verify[k]
         rates[f"speculative:{k}"] = acceptance[str(k)]["tokens_per_pass"] / round_seconds
     return rates
 
@@ -151,7 +150,7 @@ def _allowed(candidate: str, tier: str, mem: str) -> bool:
 
 
 def build_table(measurements: dict, kv: str) -> dict:
-    """The routing table: a pure function of the measurements (deterministic)."""
+    """The routing table: a pure function of the measurements (deterministic; their costs are StepCosts)."""
     rates = _decode_rates(measurements)
     costs = measurements["costs"]
     rows = {}
@@ -163,7 +162,7 @@ def build_table(measurements: dict, kv: str) -> dict:
                     assert key == row_key(tier, prompt_tokens, gen_tokens, mem)
                     rows[key] = _choose(rates, costs, tier, mem, prompt_tokens, gen_tokens, kv)
     return {"version": 1, "kv": kv, "decode_tokens_per_second": {c: round(r, 3) for c, r in rates.items()},
-            "measurements": measurements, "rows": rows}
+            "measurements": {**measurements, "costs": costs.to_dict()}, "rows": rows}
 
 
 def _choose(rates, costs, tier, mem, prompt_tokens, gen_tokens, kv) -> dict:
@@ -171,9 +170,9 @@ def _choose(rates, costs, tier, mem, prompt_tokens, gen_tokens, kv) -> dict:
     for candidate, rate in rates.items():
         if not _allowed(candidate, tier, mem):
             continue
-        prefill = prompt_tokens * (costs["draft_prefill_per_token"] if candidate == "draft" else costs["target_prefill_per_token"])
+        prefill = prompt_tokens * costs.of("draft" if candidate == "draft" else "target").prefill_per_token
         if candidate.startswith("speculative"):
-            prefill += prompt_tokens * costs["draft_prefill_per_token"]
+            prefill += prompt_tokens * costs.draft.prefill_per_token
         expected[candidate] = gen_tokens / (prefill + gen_tokens / rate)
     if not expected:
         why = "nothing fits the memory budget" if mem == "none" else \

@@ -42,10 +42,6 @@ class DecoderSpec:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
-    @staticmethod
-    def from_dict(data: dict) -> "DecoderSpec":
-        return DecoderSpec(**data)
-
     @property
     def kv_width(self) -> int:
         return self.num_kv_heads * self.head_dim

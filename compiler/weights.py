@@ -1,10 +1,8 @@
 """Checkpoint tensors -> the compiled model's parameters, in its order, checked and converted.
 
-Plain parameters (norms, biases) are the checkpoint tensor of the same name, cast to the
-parameter's dtype; a layer's weight matrix becomes "<layer>.tiles" (dense formats, dense.pack)
-or "<layer>.qs" and "<layer>.scales" (quantized, quant.pack), made from "<layer>.weight".
-A fused layer (q/k/v as "qkv_proj", gate/up as "gate_up_proj") is made from its parts'
-tensors stacked along the output rows, weights and biases alike.
+tensor_map.py says which checkpoint tensors each parameter is made from. A vector (norm,
+bias) is its sources stacked and cast to the parameter's dtype; a matrix becomes the
+layer's "tiles" (dense formats, dense.pack) or "qs" and "scales" (quantized, quant.pack).
 """
 
 from __future__ import annotations
@@ -19,49 +17,32 @@ from air.errors import AirError
 from . import dense, quant
 from .checkpoint import Checkpoint
 from .rope import inverse_frequencies
+from .tensor_map import Sources, TensorMap
 
 # Parameters the compiler makes itself rather than reading from the checkpoint.
 DERIVED = {"rope_inv_freq": lambda ckpt: inverse_frequencies(ckpt.spec)}
 PACKED = ("qs", "scales", "tiles")
 
 
-def sources_of(name: str, param, model) -> list[tuple[str, tuple[int, ...]]]:
-    """The checkpoint tensors a parameter is made from, each with the shape it must have.
-
-    One tensor: the parameter's own name, or "<layer>.weight" for a packed matrix. A fused
-    layer (a Linear with `parts`, e.g. q/k/v) stacks its parts' tensors along the output rows."""
-    layer, _, leaf = name.rpartition(".")
-    packed = leaf in PACKED
-    source_leaf = "weight" if packed else leaf
-    owner = _module(model, layer)
-    parts = getattr(owner, "parts", None)
-    if not parts:
-        return [(f"{layer}.{source_leaf}", (owner.rows, owner.cols) if packed else tuple(int(d) for d in param.shape))]
-    parent = layer.rpartition(".")[0]
-    return [(f"{parent}.{part}.{source_leaf}", (rows, owner.cols) if packed else (rows,)) for part, rows in parts]
-
-
-def _module(model, path: str):
-    owner = model
-    for part in path.split(".") if path else []:
-        owner = owner[int(part)] if part.isdigit() else getattr(owner, part)
-    return owner
-
-
-def check_tensors(ckpt: Checkpoint, named_params, model) -> None:
+def check_tensors(ckpt: Checkpoint, mapping: TensorMap) -> None:
     """Fail before any compilation if a tensor is missing or misshaped."""
-    for name, param in named_params:
-        if name in DERIVED:
-            continue
-        for source, expected in sources_of(name, param, model):
-            if not ckpt.has(source):
-                raise AirError(f"{ckpt.path}: missing tensor '{source}' (expected shape {expected})")
-            actual = ckpt.tensor_shape(source)
-            if actual != expected:
-                raise AirError(f"{ckpt.path}: tensor '{source}' has shape {actual}, expected {expected}")
+    for source, expected in mapping.all_sources():
+        if not ckpt.has(source):
+            raise AirError(f"{ckpt.path}: missing tensor '{source}' (expected shape {expected})")
+        actual = ckpt.tensor_shape(source)
+        if actual != expected:
+            raise AirError(f"{ckpt.path}: tensor '{source}' has shape {actual}, expected {expected}")
 
 
-def write_weights(ckpt: Checkpoint, named_params, model, scheme: str, path: Path) -> int:
+def _sources(mapping: TensorMap, name: str) -> Sources:
+    layer, _, leaf = name.rpartition(".")
+    sources = mapping.matrices.get(layer) if leaf in PACKED else mapping.vectors.get(name)
+    if sources is None:
+        raise RuntimeError(f"tensor_map.py maps no checkpoint tensors to parameter '{name}'")
+    return sources
+
+
+def write_weights(ckpt: Checkpoint, named_params, mapping: TensorMap, scheme: str, path: Path) -> int:
     """Write the parameters as one safetensors file; returns its payload bytes."""
     tensors, packed = {}, {}
     for name, param in named_params:
@@ -69,7 +50,7 @@ def write_weights(ckpt: Checkpoint, named_params, model, scheme: str, path: Path
             array = DERIVED[name](ckpt)
         else:
             layer, _, leaf = name.rpartition(".")
-            sources = [source for source, _ in sources_of(name, param, model)]
+            sources = [source for source, _ in _sources(mapping, name)]
             if leaf in PACKED:
                 if layer not in packed:
                     packed[layer] = _pack(_read(ckpt, sources, np.float32), scheme)

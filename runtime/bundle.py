@@ -20,11 +20,11 @@ from air.errors import AirError
 
 from .archive import is_archive, unpack
 from .generation import Generator
-from .manifest import read_manifest, verify_files
+from .manifest import kv_spec, read_manifest, verify_files
+from .model import CompiledModel
 from .signing import read_signature
 from .trust import Trust
 from .verified import VerificationCache
-from .model import CompiledModel, cache_capacity, position_limit
 from .routing import Route, lookup, memory_class
 from .sampling import Sampler
 from .text import TextStream, load_tokenizer
@@ -113,7 +113,7 @@ class Bundle:
         if role not in self.manifest["models"]:
             raise AirError(f"{self.root}: bundle has no {role} model")
         if role not in self._models:
-            self._models[role] = CompiledModel(self.root, self.manifest["models"][role], self.device)
+            self._models[role] = CompiledModel(self.root, self.manifest["models"][role], self.device, role)
         return self._models[role]
 
     @property
@@ -126,7 +126,7 @@ class Bundle:
 
     @property
     def max_context(self) -> int:
-        return position_limit(self.manifest["models"]["target"]["kv_cache"])
+        return kv_spec(self.manifest["models"]["target"], "target").position_limit
 
     def encode(self, text: str) -> list[int]:
         return self.tokenizer.encode(text).ids
@@ -149,8 +149,7 @@ class Bundle:
         needs = {}
         for role in roles:
             entry = self.manifest["models"][role]
-            kv = entry["kv_cache"]
-            needs[role] = {"weights": entry["weight_bytes"], "kv": kv["bytes_per_token"] * cache_capacity(kv, context)}
+            needs[role] = {"weights": entry["weight_bytes"], "kv": kv_spec(entry, role).bytes_for(context)}
         needs["total"] = sum(n["weights"] + n["kv"] for n in needs.values())
         return needs
 
@@ -176,7 +175,7 @@ class Bundle:
             fits_draft=has_draft and self._fits(context, ("draft",)),
         )
         if self.routing is None:
-            kv = self.manifest["models"]["target"]["kv_cache"]["dtype"]
+            kv = kv_spec(self.manifest["models"]["target"], "target").dtype
             path = "target" if mem in ("both", "target") else "refuse"
             return Route("no routing table", path, 0, kv, None, "the bundle has no routing table: target alone")
         return lookup(self.routing, quality, prompt_tokens, max_tokens, mem)

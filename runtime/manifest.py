@@ -7,6 +7,8 @@ both halves agree by construction. A bundle is one folder:
   <role>/model.so          compiled library per model (role: target, draft)
   <role>/weights.safetensors
   tokenizer.json, tokenizer_config.json
+
+Each model's KV cache and compiled functions are typed in contract.py.
 """
 
 from __future__ import annotations
@@ -18,18 +20,18 @@ from pathlib import Path
 
 from air.errors import AirError
 
+from .contract import KVCacheSpec
+
 FORMAT_NAME = "air-bundle"
-FORMAT_VERSION = 1
+# 2: kv_cache entries hold per-layer groups (kind dense/windowed) and name their tensors.
+FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 MODEL_ROLES = ("target", "draft")
-EXPORTED_FUNCTIONS = ("prefill", "decode", "verify")
 
 _REQUIRED_TOP = {"format": str, "format_version": int, "name": str, "device": dict, "models": dict,
                  "tokenizer": dict, "files": dict, "provenance": dict}
 _REQUIRED_MODEL = {"architecture": dict, "quantization": str, "library": str, "weights": str,
                    "params": list, "kv_cache": dict, "vocab_size": int, "weight_bytes": int}
-_REQUIRED_KV = {"layout": str, "dtype": str, "tensors": list, "max_context": int, "sinks": int, "window": int,
-                "max_append": int, "bytes_per_token": int, "max_bytes": int}
 _REQUIRED_DEVICE = {"name": str, "arch": str, "tvm_target": dict, "cpu_features": list}
 
 
@@ -59,11 +61,13 @@ def validate(manifest: dict) -> None:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT_NAME:
         raise AirError("manifest: not an air bundle manifest")
     _check_keys(manifest, _REQUIRED_TOP, "bundle")
-    if manifest["format_version"] != FORMAT_VERSION:
-        raise AirError(
-            f"manifest: bundle format version {manifest['format_version']} is not supported "
-            f"by this air-run (supports {FORMAT_VERSION}); rebuild the bundle or update air-runtime"
-        )
+    version = manifest["format_version"]
+    if version < FORMAT_VERSION:
+        raise AirError(f"manifest: bundle format version {version} is older than this air-run reads "
+                       f"({FORMAT_VERSION}); rebuild the bundle with this version's air-build")
+    if version > FORMAT_VERSION:
+        raise AirError(f"manifest: bundle format version {version} is newer than this air-run reads "
+                       f"({FORMAT_VERSION}); update air-runtime")
     _check_keys(manifest["device"], _REQUIRED_DEVICE, "device")
     if "target" not in manifest["models"]:
         raise AirError("manifest: no target model")
@@ -71,7 +75,7 @@ def validate(manifest: dict) -> None:
         if role not in MODEL_ROLES:
             raise AirError(f"manifest: unknown model role '{role}'")
         _check_keys(entry, _REQUIRED_MODEL, f"models.{role}")
-        _check_keys(entry["kv_cache"], _REQUIRED_KV, f"models.{role}.kv_cache")
+        kv_spec(entry, role)
         for key in ("library", "weights"):
             if entry[key] not in manifest["files"]:
                 raise AirError(f"manifest: models.{role}.{key} '{entry[key]}' is not in the file list")
@@ -80,6 +84,11 @@ def validate(manifest: dict) -> None:
     for name in manifest["tokenizer"].get("files", []):
         if name not in manifest["files"]:
             raise AirError(f"manifest: tokenizer file '{name}' is not in the file list")
+
+
+def kv_spec(entry: dict, role: str) -> KVCacheSpec:
+    """The typed KV-cache spec of a model entry (checked field by field)."""
+    return KVCacheSpec.from_dict(entry["kv_cache"], f"models.{role}.kv_cache")
 
 
 def read_manifest(root: Path) -> dict:

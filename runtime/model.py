@@ -14,40 +14,27 @@ import tvm
 from tvm.runtime.vm import VirtualMachine
 
 from air.errors import AirError
+from .contract import call_arguments
+from .manifest import kv_spec
 from .tensor_file import SafetensorsFile
 
-UNBOUNDED = 2**31 - 1  # positions a windowed cache can reach
-_CAPACITY_STEP = 256
 _REUSED_LENGTHS = 16  # token tensors kept for calls of up to this many tokens (decode, verify)
 
 
-def position_limit(kv: dict) -> int:
-    """How many positions a sequence may reach (the manifest's kv_cache entry)."""
-    return UNBOUNDED if kv["layout"] == "windowed" else kv["max_context"]
-
-
-def cache_capacity(kv: dict, context: int) -> int:
-    """Cache slots a request reaching `context` positions needs (the manifest's kv_cache entry)."""
-    if kv["fixed_capacity"]:
-        return kv["fixed_capacity"]
-    rounded = -(-context // _CAPACITY_STEP) * _CAPACITY_STEP
-    return min(max(rounded, 1), kv["max_context"])
-
-
 class CompiledModel:
-    def __init__(self, root: Path, entry: dict, device):
+    def __init__(self, root: Path, entry: dict, device, role: str):
         self.entry = entry
         self.device = device
         library = tvm.runtime.load_module(str(root / entry["library"]))
         self.vm = VirtualMachine(library, device)
         self.params = _load_params(root / entry["weights"], entry["params"], device)
-        self.kv = entry["kv_cache"]
+        self.kv = kv_spec(entry, role)
         self.vocab_size = entry["vocab_size"]
-        self.windowed = self.kv["layout"] == "windowed"
-        self.max_context = position_limit(self.kv)
-        self.max_append = self.kv["max_append"]
+        self.max_context = self.kv.position_limit
+        self.max_append = self.kv.max_append
         self.caches: list = []
-        self.capacity = 0
+        self.capacities: tuple[int, ...] = ()
+        self.room = 0  # positions the allocated caches can reach
         self.length = 0
         # Input tensors reused across calls, written through numpy views of their memory (the
         # runtime's device is the CPU): a new tensor cost 10 us and copyfrom 5 us, against a
@@ -60,24 +47,14 @@ class CompiledModel:
 
     # -- memory -----------------------------------------------------------------------------
 
-    def capacity_for(self, context: int) -> int:
-        return cache_capacity(self.kv, context)
-
-    def kv_bytes(self, context: int) -> int:
-        return self.kv["bytes_per_token"] * self.capacity_for(context)
-
-    @property
-    def weight_bytes(self) -> int:
-        return self.entry["weight_bytes"]
-
     def reset(self, context: int | None = None) -> None:
         """Start a new sequence, with cache room for `context` positions (default: all)."""
-        capacity = self.capacity_for(context if context is not None else self.kv["max_context"])
-        if capacity > self.capacity:
+        capacities = self.kv.capacities(context if context is not None else self.kv.max_context)
+        if not self.caches or any(new > old for new, old in zip(capacities, self.capacities)):
             self.caches = []  # free the old tensors before allocating the new ones
-            self.caches = [tvm.runtime.empty(tuple(capacity if d == "capacity" else d for d in t["shape"]),
-                                             t["dtype"], self.device) for t in self.kv["tensors"]]
-            self.capacity = capacity
+            self.caches = [tvm.runtime.empty(shape, dtype, self.device) for shape, dtype in self.kv.shapes(capacities)]
+            self.capacities = capacities
+            self.room = self.kv.reachable(capacities)
         self.length = 0
 
     # -- calls ------------------------------------------------------------------------------
@@ -85,9 +62,8 @@ class CompiledModel:
     def _check_room(self, count: int) -> None:
         if not self.caches:
             self.reset()
-        limit = self.max_context if self.windowed else self.capacity
-        if self.length + count > limit:
-            raise AirError(f"context full: {self.length} + {count} tokens exceed the cache's {limit} positions")
+        if self.length + count > self.room:
+            raise AirError(f"context full: {self.length} + {count} tokens exceed the cache's {self.room} positions")
 
     def _run(self, function, tokens: np.ndarray):
         if len(tokens) > self.max_append:
@@ -100,7 +76,7 @@ class CompiledModel:
             if len(tokens) <= _REUSED_LENGTHS:
                 self._tokens[len(tokens)] = feed
         feed.write(tokens)
-        out = function(feed.tensor, *self.caches, self._start.tensor, *self.params)
+        out = function(*call_arguments(feed.tensor, self.caches, self._start.tensor, self.params))
         self.length += len(tokens)
         # A view of the result, not a copy (the array keeps the tensor alive): copying a
         # 150k-vocabulary row cost tens of microseconds per step.

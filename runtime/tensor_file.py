@@ -14,7 +14,8 @@ _DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": np.uint16, "I32": np.in
 
 
 class SafetensorsFile:
-    """A memory-mapped safetensors file; bf16 is widened to f32 without torch."""
+    """A memory-mapped safetensors file; bf16 is widened to f32 without torch. Opening it
+    checks the header: a truncated file is refused here, before any tensor is read."""
 
     def __init__(self, path: Path):
         self.path = path
@@ -24,10 +25,26 @@ class SafetensorsFile:
                 header = json.loads(f.read(header_len))
         except (OSError, struct.error, ValueError) as e:
             raise AirError(f"{path}: not a readable safetensors file ({e})") from None
+        if not isinstance(header, dict):
+            raise AirError(f"{path}: not a readable safetensors file (its header is not a mapping)")
         header.pop("__metadata__", None)
         self.entries = header
         self.data_start = 8 + header_len
         self.file_size = path.stat().st_size
+        for name, entry in header.items():
+            self._check_entry(name, entry)
+
+    def _check_entry(self, name: str, entry) -> None:
+        try:
+            start, end = entry["data_offsets"]
+            valid = isinstance(entry["shape"], list) and isinstance(entry["dtype"], str) and 0 <= start <= end
+        except (TypeError, KeyError, ValueError):
+            valid = False
+        if not valid:
+            raise AirError(f"{self.path}: tensor '{name}' has a malformed header entry")
+        if self.data_start + end > self.file_size:
+            raise AirError(f"{self.path}: tensor '{name}' ends at byte {self.data_start + end} but the file has "
+                           f"{self.file_size} (truncated)")
 
     def read(self, name: str) -> np.ndarray:
         entry = self.entries[name]
@@ -36,8 +53,6 @@ class SafetensorsFile:
             raise AirError(f"{self.path}: tensor '{name}' has unsupported dtype {dtype_name}")
         start, end = entry["data_offsets"]
         shape = tuple(entry["shape"])
-        if self.data_start + end > self.file_size:
-            raise AirError(f"{self.path}: tensor '{name}' runs past the end of the file (truncated?)")
         raw = np.memmap(self.path, dtype=np.uint8, mode="r", offset=self.data_start + start, shape=(end - start,))
         array = raw.view(_DTYPES[dtype_name]).reshape(shape)
         if dtype_name == "BF16":

@@ -8,7 +8,7 @@ import runpy
 import sys
 
 os.environ["TVM_USE_RUNTIME_LIB"] = "1"
-BLOCKED = ("air.compiler", "air.targets", "tvm.relax", "tvm.s_tir", "torch", "transformers")
+BLOCKED = ("air.compiler", "air.devices", "tvm.relax", "tvm.s_tir", "torch", "transformers")
 
 
 class BlockCompiler:

@@ -14,7 +14,7 @@ from air.compiler.pipeline import compile_module
 from air.compiler.kv_layouts import KVLayout
 from air.compiler.layers import WeightFormat
 from air.compiler.spec import spec_from_config
-from air.targets import resolve_device
+from air.devices import resolve_device
 
 
 def compile_android(checkpoint, output, env):

@@ -5,9 +5,16 @@ import json
 import subprocess
 import sys
 
+import pytest
 from checkpoints import make_checkpoint
 
-from air.runtime.manifest import FORMAT_VERSION
+from air.compiler.checkpoint import load_checkpoint
+from air.compiler.kv_layouts import KVLayout
+from air.compiler.layers import WeightFormat
+from air.compiler.model import CausalLM
+from air.compiler.tensor_map import tensor_map
+from air.devices import host_device
+from air.runtime.manifest import FORMAT_VERSION, kv_spec
 
 
 def air_build(*args, cwd=None):
@@ -32,6 +39,27 @@ def test_manifest_lists_every_file_with_its_hash(pair):
     sources = manifest["provenance"]["sources"]
     assert sources["draft"]["files"]["config.json"] == hashlib.sha256(
         (pair["draft"] / "config.json").read_bytes()).hexdigest()
+
+
+def test_kv_cache_entry_reads_back_as_the_compiler_wrote_it(pair):
+    for role, entry in json.loads((pair["bundle"] / "manifest.json").read_text())["models"].items():
+        spec = kv_spec(entry, role)
+        assert spec.to_dict() == entry["kv_cache"]
+        (group,) = spec.groups
+        assert group.kind == "dense" and group.layers == tuple(range(entry["architecture"]["num_layers"]))
+        assert [t.name for t in spec.tensors] == ["cache_data", "cache_scales"]
+
+
+@pytest.mark.parametrize("scheme, leaves", [("f16", ("tiles",)), ("q4", ("qs", "scales"))])
+def test_tensor_map_covers_every_parameter(checkpoints, scheme, leaves):
+    """Each family's mapping names exactly the compiled model's parameters (rope_inv_freq is computed)."""
+    tvm_target = json.dumps(host_device().tvm_target)
+    for path in checkpoints.values():
+        spec = load_checkpoint(path).spec
+        model = CausalLM(spec, KVLayout(spec, "f32", 64), WeightFormat(scheme, tvm_target=tvm_target))
+        mapping = tensor_map(spec)
+        mapped = {f"{layer}.{leaf}" for layer in mapping.matrices for leaf in leaves} | set(mapping.vectors)
+        assert {name for name, _ in model.named_parameters()} == mapped | {"rope_inv_freq"}
 
 
 def test_inspect_prints_summary_and_json(pair):
@@ -110,3 +138,12 @@ def test_archive_runs_directly_and_is_verified(pair, tmp_path):
                              capture_output=True, text=True)
     assert refused.returncode == 2 and "cannot unpack" in refused.stderr
     assert not (tmp_path / "evil.txt").exists()
+
+
+def test_devices_command_and_its_old_name():
+    devices = air_build("devices")
+    assert devices.returncode == 0, devices.stderr
+    assert devices.stdout.startswith("host: recipes") and "raspberry-pi-5:" in devices.stdout
+    assert air_build("targets").stdout == devices.stdout  # kept for old scripts
+    listed = air_build("--help").stdout
+    assert "devices" in listed and "targets" not in listed

@@ -8,7 +8,7 @@ import pytest
 import tvm
 
 from air.compiler import dense
-from air.targets import host_device
+from air.devices import host_device
 
 HOST = tvm.target.Target(host_device().tvm_target)
 AVX2 = tvm.target.Target({**host_device().tvm_target, "mcpu": "haswell"}) if host_device().arch == "x86_64" else None

@@ -67,6 +67,28 @@ def test_misshaped_tensor(good, tmp_path):
     assert_one_line_error(result, "'model.layers.0.self_attn.k_proj.weight' has shape (16, 64), expected (32, 64)")
 
 
+def test_truncated_checkpoint_is_refused_before_compiling(good, tmp_path):
+    weights = good / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    result = build("--target-model", str(good), "--output", str(tmp_path / "out"))
+    assert_one_line_error(result, "model.safetensors", "truncated")
+    assert "compiling" not in result.stdout + result.stderr  # refused while reading the checkpoint
+    no_bundle_left(tmp_path, "out")
+
+
+@pytest.mark.parametrize("shape, args, message", [
+    ({"heads": 8, "kv_heads": 2}, [], "head_dim 8 is not supported by the KV-cache kernels"),
+    ({}, ["--max-context", "128", "--kv-window", "126", "--kv-sinks", "4"],
+     "kv_cache window 126 + sinks 4 exceed the context of 128"),
+])
+def test_limits_are_checked_before_compiling(tmp_path, shape, args, message):
+    checkpoint = make_checkpoint(tmp_path / "model", "llama", **shape)
+    result = build("--target-model", str(checkpoint), *args, "--output", str(tmp_path / "out"))
+    assert_one_line_error(result, message)
+    assert "compiling" not in result.stdout + result.stderr
+    no_bundle_left(tmp_path, "out")
+
+
 def test_draft_with_another_vocabulary(good, tmp_path):
     draft = make_checkpoint(tmp_path / "draft", "llama", vocab=352)
     result = build("--target-model", str(good), "--draft-model", str(draft), "--output", str(tmp_path / "out"))
@@ -195,12 +217,45 @@ def test_manifest_path_escape_is_refused(bundle_copy):
     assert_one_line_error(air_run(bundle_copy, "--prompt", "hi"), "leaves the bundle")
 
 
-def test_future_format_version_is_refused(bundle_copy):
-    manifest_path = bundle_copy / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["format_version"] = 99
-    manifest_path.write_text(json.dumps(manifest))
-    assert_one_line_error(air_run(bundle_copy, "--prompt", "hi"), "format version 99")
+def edit_manifest(bundle, change):
+    path = bundle / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
+
+
+def test_other_format_versions_are_refused(bundle_copy):
+    edit_manifest(bundle_copy, lambda m: m.update(format_version=99))
+    assert_one_line_error(air_run(bundle_copy, "--prompt", "hi"), "format version 99 is newer", "update air-runtime")
+    edit_manifest(bundle_copy, lambda m: m.update(format_version=1))
+    assert_one_line_error(air_run(bundle_copy, "--prompt", "hi"), "format version 1 is older", "rebuild the bundle")
+
+
+def drop_fixed_capacity(manifest):
+    del manifest["models"]["draft"]["kv_cache"]["groups"][0]["fixed_capacity"]
+
+
+def wrong_bytes_per_token(manifest):
+    manifest["models"]["target"]["kv_cache"]["bytes_per_token"] += 1
+
+
+def windowed_without_ring(manifest):
+    manifest["models"]["target"]["kv_cache"]["groups"][0]["kind"] = "windowed"
+
+
+def unknown_cache_dtype(manifest):
+    manifest["models"]["target"]["kv_cache"]["groups"][0]["tensors"][0]["dtype"] = "float64"
+
+
+@pytest.mark.parametrize("change, fragments", [
+    (drop_fixed_capacity, ("models.draft.kv_cache.groups[0] lacks 'fixed_capacity'",)),
+    (wrong_bytes_per_token, ("models.target.kv_cache.bytes_per_token", "disagrees with its groups")),
+    (windowed_without_ring, ("a windowed cache needs window >= 1",)),
+    (unknown_cache_dtype, ("tensors[0].dtype 'float64'",)),
+])
+def test_malformed_kv_cache_entries_are_refused(bundle_copy, change, fragments):
+    edit_manifest(bundle_copy, change)
+    assert_one_line_error(air_run(bundle_copy, "--prompt", "hi"), *fragments)
 
 
 def test_bundle_for_another_architecture_is_refused(bundle_copy):

@@ -6,9 +6,10 @@ import pytest
 import tvm
 
 from air.compiler import kv_layouts
-from air.compiler.kv_layouts import KINDS, KVLayout
+from air.compiler.kv_layouts import KVLayout
+from air.runtime.contract import KV_DTYPES
 from air.compiler.spec import spec_from_config
-from air.targets import host_device
+from air.devices import host_device
 
 SPEC = spec_from_config({"architectures": ["LlamaForCausalLM"], "vocab_size": 16, "hidden_size": 128,
                          "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
@@ -71,7 +72,7 @@ def reference_attention(q, keys, values, qpos, layout, freqs):
     return out
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KV_DTYPES)
 @pytest.mark.parametrize("windowed", [False, True])
 def test_append_and_attend_match_numpy(kind, windowed):
     layout = KVLayout(SPEC, kind, max_context=128, sinks=3 if windowed else 0, window=20 if windowed else 0, slack=8)

@@ -42,9 +42,9 @@ def test_manifest_states_kv_bytes(layouts):
     for name, size in per_head.items():
         assert kv[name]["bytes_per_token"] == 2 * 2 * 2 * size  # layers, k+v, kv heads
         assert kv[name]["max_bytes"] == kv[name]["bytes_per_token"] * 512  # the checkpoint's max positions
-    window = kv["window"]
-    assert window["layout"] == "windowed" and window["fixed_capacity"] == 4 + 48 + window["max_append"]
-    assert window["max_bytes"] == window["bytes_per_token"] * window["fixed_capacity"]
+    window, (group,) = kv["window"], kv["window"]["groups"]
+    assert group["kind"] == "windowed" and group["fixed_capacity"] == 4 + 48 + group["max_append"]
+    assert window["max_bytes"] == window["bytes_per_token"] * group["fixed_capacity"]
 
 
 def test_memory_budget_refuses_what_does_not_fit(layouts):
@@ -52,8 +52,8 @@ def test_memory_budget_refuses_what_does_not_fit(layouts):
     long_f32, long_int8 = f32.memory_needed(500), int8.memory_needed(500)
     short_f32 = f32.memory_needed(20)
     weights = f32.manifest["models"]["target"]["weight_bytes"]
-    assert long_f32["total"] == weights + 512 * f32.target.kv["bytes_per_token"]  # 500 rounds up to 512 slots
-    assert short_f32["total"] == weights + 256 * f32.target.kv["bytes_per_token"]
+    assert long_f32["total"] == weights + 512 * f32.target.kv.bytes_per_token  # 500 rounds up to 512 slots
+    assert short_f32["total"] == weights + 256 * f32.target.kv.bytes_per_token
     assert long_int8["total"] < short_f32["total"] < long_f32["total"]
     budget = f"{(short_f32['total'] + long_f32['total']) / 2 / 2**20:.4f}"  # MiB
 
@@ -71,8 +71,8 @@ def test_generation_runs_past_the_window_in_fixed_memory(layouts):
     bundle.eos_token_ids = set()
     result = bundle.generate(prompt_ids=[5, 6, 7], max_tokens=300)
     assert result.finish_reason == "length" and len(result.tokens) == 300
-    assert bundle.target.capacity == bundle.target.kv["fixed_capacity"]
-    assert bundle.target.length > bundle.target.capacity
+    assert bundle.target.capacities == (bundle.target.kv.groups[0].fixed_capacity,)
+    assert bundle.target.length > bundle.target.capacities[0]
     # a prompt longer than the window is streamed through it too
     long = bundle.generate(prompt_ids=[int(x) for x in np.arange(400) % 300 + 2], max_tokens=20)
     assert len(long.tokens) == 20

@@ -10,7 +10,7 @@ import tvm
 from tvm.target import codegen
 
 from air.compiler import quant
-from air.targets import host_device
+from air.devices import host_device
 
 HOST = tvm.target.Target(host_device().tvm_target)
 X86 = platform.machine() == "x86_64"

@@ -15,7 +15,7 @@ from air.compiler.build import compile_bundle
 from air.compiler.layers import _packed_lookup_kernel
 from air.compiler.recipe import load_recipe
 from air.runtime import Bundle
-from air.targets import host_device
+from air.devices import host_device
 
 IDS = [int(x) for x in np.random.default_rng(0).integers(2, 300, size=48)]
 

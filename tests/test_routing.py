@@ -8,7 +8,7 @@ import pytest
 
 from air.compiler.routing import MAX_K, acceptance_by_k, build_table, draft_run_lengths
 from air.runtime import Bundle
-from air.runtime.routing import TIERS
+from air.runtime.routing import TIERS, ModelCosts, StepCosts
 
 
 def air_run(bundle, *args):
@@ -21,8 +21,9 @@ def fake_measurements(acceptance_per_token: float, draft_cost: float = 0.1) -> d
     for k in range(1, MAX_K + 1):
         tokens = sum(acceptance_per_token ** i for i in range(k + 1))  # Leviathan et al., expected per pass
         acceptance[str(k)] = {"acceptance_rate": acceptance_per_token, "tokens_per_pass": tokens}
-    costs = {"target_decode": 1.0, "draft_decode": draft_cost, "target_prefill_per_token": 0.1,
-             "draft_prefill_per_token": 0.01, "target_verify": {str(k): 1.0 + 0.05 * k for k in range(1, MAX_K + 1)}}
+    costs = StepCosts(target=ModelCosts(prefill_per_token=0.1, decode=1.0),
+                      draft=ModelCosts(prefill_per_token=0.01, decode=draft_cost),
+                      target_verify={k: 1.0 + 0.05 * k for k in range(1, MAX_K + 1)})
     return {"acceptance": acceptance, "costs": costs, "acceptance_source": "test", "cost_source": "test"}
 
 

@@ -9,7 +9,7 @@ import pytest
 import tvm
 
 from air.compiler import quant, row_kernels
-from air.targets import host_device
+from air.devices import host_device
 
 HOST = tvm.target.Target(host_device().tvm_target)
 WIDTH = 96 + 8  # not a multiple of the 16-lane vectors: the scalar tail runs too
