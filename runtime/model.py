@@ -49,6 +49,7 @@ class CompiledModel:
         self.caches: list = []
         self.capacity = 0
         self.length = 0
+        self.holder = None  # the session whose tokens the cache holds (set by Session)
         # Input tensors reused across calls, written through numpy views of their memory (the
         # runtime's device is the CPU): a new tensor cost 10 us and copyfrom 5 us, against a
         # small draft model's step of 50 us.
@@ -72,13 +73,23 @@ class CompiledModel:
 
     def reset(self, context: int | None = None) -> None:
         """Start a new sequence, with cache room for `context` positions (default: all)."""
-        capacity = self.capacity_for(context if context is not None else self.kv["max_context"])
-        if capacity > self.capacity:
-            self.caches = []  # free the old tensors before allocating the new ones
-            self.caches = [tvm.runtime.empty(tuple(capacity if d == "capacity" else d for d in t["shape"]),
-                                             t["dtype"], self.device) for t in self.kv["tensors"]]
-            self.capacity = capacity
         self.length = 0
+        self.reserve(context)
+
+    def reserve(self, context: int | None = None) -> None:
+        """Cache room for `context` positions (default: all), keeping the first `length`."""
+        capacity = self.capacity_for(context if context is not None else self.kv["max_context"])
+        if capacity <= self.capacity:
+            return
+        kept = self.caches if self.length else []
+        self.caches = []  # free the old tensors before allocating the new ones
+        shapes = [tuple(capacity if d == "capacity" else d for d in t["shape"]) for t in self.kv["tensors"]]
+        if kept:
+            self.caches = [_grown(old, shape, t["shape"].index("capacity"), self.device)
+                           for old, shape, t in zip(kept, shapes, self.kv["tensors"])]
+        else:
+            self.caches = [tvm.runtime.empty(shape, t["dtype"], self.device) for shape, t in zip(shapes, self.kv["tensors"])]
+        self.capacity = capacity
 
     # -- calls ------------------------------------------------------------------------------
 
@@ -144,6 +155,14 @@ class _InputTensor:
             self.view[:] = values
         else:
             self.tensor.copyfrom(np.asarray(values, dtype=self.dtype).reshape(self.tensor.shape))
+
+
+def _grown(old, shape: tuple[int, ...], axis: int, device):
+    """A larger cache tensor whose leading slots along `axis` are a copy of `old`'s."""
+    values = old.numpy()
+    grown = np.zeros(shape, dtype=values.dtype)
+    grown[(slice(None),) * axis + (slice(0, values.shape[axis]),)] = values
+    return tvm.runtime.tensor(grown, device)
 
 
 def _load_params(path: Path, names: list[str], device) -> list:
