@@ -32,6 +32,7 @@ class Request:
     include_usage: bool
     quality: str | None  # extension: the routing tier
     speculate: int | None  # extension: a forced draft length
+    ignore_eos: bool  # extension (as vLLM names it): generate past end-of-sequence tokens
 
 
 def _field(body: dict, name: str, kinds: tuple, default=None, check=None, need: str = ""):
@@ -110,4 +111,5 @@ def parse_request(raw: bytes, chat: bool) -> Request:
         include_usage=_field(options, "include_usage", (bool,), False, need="true or false"),
         quality=_field(body, "air_quality", (str,), need=f"one of {', '.join(TIERS)}", check=lambda v: v in TIERS),
         speculate=_field(body, "air_speculate", (int,), need="an integer from 0 to 16", check=lambda v: 0 <= v <= 16),
+        ignore_eos=_field(body, "ignore_eos", (bool,), False, need="true or false"),
     )

@@ -5,7 +5,7 @@ server-sent events ending `data: [DONE]` with "stream": true). The device runs o
 at a time on one session (so a request reuses the prefix the previous one left in the caches);
 at most `queue` requests wait, later ones get a 429. A client that disconnects from a stream
 cancels its generation before the next round. Extensions: "air_quality" (routing tier) and
-"air_speculate" (a forced draft length) in requests, "air" (route and stats) in answers.
+"air_speculate" (a forced draft length) and "ignore_eos" in requests, "air" (route and stats) in answers.
 """
 
 from __future__ import annotations
@@ -97,6 +97,7 @@ class Engine:
             seed=d.seed if request.seed is None else request.seed,
             speculate=d.speculate if request.speculate is None else request.speculate,
             quality=request.quality or d.quality,
+            ignore_eos=request.ignore_eos,
         )
         stop = request.stop + (self.template.stop if request.messages is not None else ())
         cancel = cancel or threading.Event()

@@ -55,9 +55,11 @@ class Session:
         on_text: Callable[[str], None] | None = None,
         stop: tuple[str, ...] = (),
         should_stop: Callable[[], bool] | None = None,
+        ignore_eos: bool = False,
     ) -> GenerationResult:
         """Bundle.generate's request on this session's caches; `stop` strings end the text (and
-        the generation) where one appears; should_stop() ends it with finish "cancelled"."""
+        the generation) where one appears; should_stop() ends it with finish "cancelled";
+        ignore_eos generates past end-of-sequence tokens (fixed-length runs for benchmarks)."""
         bundle = self.bundle
         bundle._check_prompt(ids)
         model, draft, k, route = bundle._plan(ids, max_tokens, quality, speculate)
@@ -75,7 +77,8 @@ class Session:
         def stopped() -> bool:
             return stops.stopped or (should_stop is not None and should_stop())
 
-        generator = Generator(model, draft, Sampler(temperature, top_p, seed), bundle.eos_token_ids)
+        eos = set() if ignore_eos else bundle.eos_token_ids
+        generator = Generator(model, draft, Sampler(temperature, top_p, seed), eos)
         tokens, finish, stats = generator.run(ids, max_tokens, k, emit, kept, stopped)
         for m in used:
             m.holder = self
