@@ -88,7 +88,8 @@ class Engine:
         return ids
 
     async def generate(self, request: Request, ids: list[int], on_text=None, cancel: threading.Event | None = None):
-        """Run one admitted request when the engine is free; releases its place at the end."""
+        """Run one admitted request when the engine is free; releases its place at the end.
+        None: cancelled before it started."""
         d = self.defaults
         options = dict(
             max_tokens=request.max_tokens or d.max_tokens,
@@ -102,7 +103,9 @@ class Engine:
         stop = request.stop + (self.template.stop if request.messages is not None else ())
         cancel = cancel or threading.Event()
 
-        def work() -> GenerationResult:
+        def work() -> GenerationResult | None:
+            if cancel.is_set():
+                return None  # its client went away while it waited
             self.running = True
             try:
                 return self.session.generate(ids, on_text=on_text, stop=stop, should_stop=cancel.is_set, **options)
@@ -114,7 +117,10 @@ class Engine:
                 result = await asyncio.get_running_loop().run_in_executor(self.executor, work)
         finally:
             self.admitted -= 1
-        self.counts["cancelled" if result.finish_reason == "cancelled" else "served"] += 1
+        if result is None or result.finish_reason == "cancelled":
+            self.counts["cancelled"] += 1
+            return result
+        self.counts["served"] += 1
         if self.explain:
             from .options import explanation
 
@@ -200,9 +206,7 @@ class _Stream:
         self.task = asyncio.ensure_future(run())
 
     def cancel(self) -> None:
-        self.stopped.set()  # the generation stops before its next round
-        if not self.task.done():
-            self.task.cancel()
+        self.stopped.set()  # the generation stops before its next round, or never starts
 
     async def events(self):
         shape = self.shape
