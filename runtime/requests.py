@@ -12,10 +12,11 @@ ROLES = ("system", "developer", "user", "assistant", "tool")
 
 
 class BadRequest(Exception):
-    def __init__(self, message: str, param: str | None = None, code: str | None = None):
+    def __init__(self, message: str, param: str | None = None, code: str | None = None, status: int = 400):
         super().__init__(message)
         self.param = param
         self.code = code
+        self.status = status
 
 
 @dataclasses.dataclass

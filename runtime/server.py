@@ -32,6 +32,7 @@ from .chat_template import ChatTemplate
 from .requests import BadRequest, Request, parse_request
 from .session import Session
 
+MAX_BODY = 16 * 2**20  # bytes of a request body; a larger one gets a 413 unread
 FINISH = {"stop": "stop", "length": "length", "context": "length", "cancelled": "stop"}
 
 
@@ -162,14 +163,14 @@ class API:
 
     async def _complete(self, http: HTTPRequest, chat: bool):
         try:
-            request = parse_request(await http.body(), chat)
+            request = parse_request(await _body(http), chat)
             if request.model != self.name:
                 raise BadRequest(f"model '{request.model}' is not served here (this server serves '{self.name}')",
                                  "model", "model_not_found")
             ids = await self.engine.prompt(request)
             self.engine.admit()
         except BadRequest as e:
-            return error_response(400, str(e), param=e.param, code=e.code)
+            return error_response(e.status, str(e), param=e.param, code=e.code)
         except AirError as e:
             return error_response(400, str(e))
         except QueueFull as e:
@@ -225,6 +226,16 @@ class _Stream:
             yield "data: [DONE]\n\n"
         finally:
             self.cancel()
+
+
+async def _body(http: HTTPRequest) -> bytes:
+    parts, size = [], 0
+    async for part in http.stream():
+        parts.append(part)
+        size += len(part)
+        if size > MAX_BODY:
+            raise BadRequest(f"the body has more than {MAX_BODY} bytes", status=413)
+    return b"".join(parts)
 
 
 def _event(data: dict) -> str:

@@ -165,6 +165,11 @@ def test_bad_requests_get_openai_error_bodies(server, body, status, needle):
     assert health(server)["status"] == "ok"
 
 
+def test_an_oversized_body_is_refused_unread(server):
+    response = httpx.post(f"{server}/v1/completions", content=b"x" * (17 * 2**20), timeout=60)
+    assert response.status_code == 413 and "more than" in response.json()["error"]["message"]
+
+
 def test_bad_chat_fields_and_unknown_paths(server):
     api = client(server)
     with pytest.raises(openai.BadRequestError, match="messages"):
