@@ -29,6 +29,7 @@ from air.errors import AirError
 from .bundle import Bundle, GenerationResult
 from .chat import encode_chat
 from .chat_template import ChatTemplate
+from .options import explanation
 from .requests import BadRequest, Request, parse_request
 from .session import Session
 
@@ -123,8 +124,6 @@ class Engine:
             return result
         self.counts["served"] += 1
         if self.explain:
-            from .options import explanation
-
             print(explanation(result, options["speculate"]), flush=True)
         return result
 
