@@ -85,8 +85,7 @@ class CompiledModel:
         self.caches = []  # free the old tensors before allocating the new ones
         shapes = [tuple(capacity if d == "capacity" else d for d in t["shape"]) for t in self.kv["tensors"]]
         if kept:
-            self.caches = [_grown(old, shape, t["shape"].index("capacity"), self.device)
-                           for old, shape, t in zip(kept, shapes, self.kv["tensors"])]
+            self.caches = [_grown(old, shape, self.device) for old, shape in zip(kept, shapes)]
         else:
             self.caches = [tvm.runtime.empty(shape, t["dtype"], self.device) for shape, t in zip(shapes, self.kv["tensors"])]
         self.capacity = capacity
@@ -157,11 +156,14 @@ class _InputTensor:
             self.tensor.copyfrom(np.asarray(values, dtype=self.dtype).reshape(self.tensor.shape))
 
 
-def _grown(old, shape: tuple[int, ...], axis: int, device):
-    """A larger cache tensor whose leading slots along `axis` are a copy of `old`'s."""
+def _grown(old, shape: tuple[int, ...], device):
+    """A cache tensor of `shape` holding `old`'s values in its leading slots (a tensor without
+    a capacity axis, such as the placeholder scales of float caches, is kept as it is)."""
     values = old.numpy()
+    if values.shape == shape:
+        return old
     grown = np.zeros(shape, dtype=values.dtype)
-    grown[(slice(None),) * axis + (slice(0, values.shape[axis]),)] = values
+    grown[tuple(slice(0, n) for n in values.shape)] = values
     return tvm.runtime.tensor(grown, device)
 
 

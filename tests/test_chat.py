@@ -203,3 +203,17 @@ def test_chat_on_a_terminal(windowed_chat):
     finally:
         child.close(force=True)
     assert child.exitstatus == 0
+
+
+def test_a_growing_cache_keeps_what_it_holds():
+    import numpy as np
+    import tvm
+
+    from air.runtime.model import _grown
+
+    values = np.random.default_rng(0).standard_normal((2, 2, 2, 4, 16)).astype("float32")
+    grown = _grown(tvm.runtime.tensor(values), (2, 2, 2, 8, 16), tvm.cpu()).numpy()
+    assert grown.shape == (2, 2, 2, 8, 16)
+    np.testing.assert_array_equal(grown[:, :, :, :4], values)
+    placeholder = tvm.runtime.tensor(np.ones((1, 1, 1, 1, 1), "float16"))
+    assert _grown(placeholder, (1, 1, 1, 1, 1), tvm.cpu()) is placeholder
