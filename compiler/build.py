@@ -13,6 +13,7 @@ import tvm
 from tokenizers import Tokenizer
 
 from air.errors import AirError
+from air.runtime.chat_template import write_chat_template
 from air.runtime.manifest import FORMAT_NAME, FORMAT_VERSION, file_record, read_manifest, write_manifest
 from air.runtime.routing import ROUTING_FILE
 from air.runtime.signing import write_signature
@@ -153,6 +154,7 @@ def _write_bundle(staging: Path, target: Checkpoint, draft: Checkpoint | None, r
         tokenizer_files = [file for file in TOKENIZER_FILES if (target.path / file).exists()]
         for file in tokenizer_files:
             shutil.copyfile(target.path / file, staging / file)
+        template_entry = write_chat_template(staging, target.chat_template, target.tokenizer_config)
         files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
         manifest = {
             "format": FORMAT_NAME,
@@ -161,7 +163,7 @@ def _write_bundle(staging: Path, target: Checkpoint, draft: Checkpoint | None, r
             "device": device.describe(),
             "runtime": {"threads": recipe.threads, "memory_budget_mb": recipe.memory_budget_mb},
             "models": models,
-            "tokenizer": {"files": tokenizer_files, "eos_token_ids": models["target"]["eos_token_ids"]},
+            "tokenizer": {"files": tokenizer_files, "eos_token_ids": models["target"]["eos_token_ids"], **template_entry},
             "files": {rel: file_record(staging, rel) for rel in files},
             "provenance": {
                 "air_version": AIR_VERSION,

@@ -15,6 +15,7 @@ from air.runtime.tensor_file import SafetensorsFile
 from .spec import DecoderSpec, spec_from_config
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
 @dataclasses.dataclass
@@ -25,6 +26,7 @@ class Checkpoint:
     tensor_files: dict[str, SafetensorsFile]  # tensor name -> the file holding it
     generation_config: dict
     tokenizer_config: dict
+    chat_template: str | None = None  # Jinja source; None: the checkpoint has none
 
     def has(self, name: str) -> bool:
         return name in self.tensor_files
@@ -38,7 +40,8 @@ class Checkpoint:
     def source_hashes(self) -> dict[str, str]:
         """sha256 of every file the build read, for the bundle's provenance."""
         files = {"config.json"} | {f.path.name for f in self.tensor_files.values()}
-        files |= {name for name in TOKENIZER_FILES + ("generation_config.json",) if (self.path / name).exists()}
+        files |= {name for name in TOKENIZER_FILES + ("generation_config.json", CHAT_TEMPLATE_FILE)
+                  if (self.path / name).exists()}
         return {name: sha256_file(self.path / name) for name in sorted(files)}
 
 
@@ -68,6 +71,21 @@ def _weight_files(folder: Path) -> list[Path]:
     return [single]
 
 
+def _chat_template(folder: Path, tokenizer_config: dict) -> str | None:
+    """tokenizer_config.json's chat_template (a string, or named templates: the default one),
+    else a chat_template.jinja file."""
+    template = tokenizer_config.get("chat_template")
+    if isinstance(template, list):
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}
+        template = named.get("default")
+    if template is not None and not isinstance(template, str):
+        raise AirError(f"{folder}/tokenizer_config.json: chat_template should be a string")
+    file = folder / CHAT_TEMPLATE_FILE
+    if template is None and file.is_file():
+        template = file.read_text()
+    return template
+
+
 def load_checkpoint(folder: str | Path) -> Checkpoint:
     folder = Path(folder)
     if not folder.is_dir():
@@ -83,11 +101,13 @@ def load_checkpoint(folder: str | Path) -> Checkpoint:
         raise AirError(f"{folder}: missing tokenizer.json")
     generation = folder / "generation_config.json"
     tok_config = folder / "tokenizer_config.json"
+    tokenizer_config = _read_json(tok_config, "tokenizer settings") if tok_config.exists() else {}
     return Checkpoint(
         path=folder,
         config=config,
         spec=spec,
         tensor_files=tensor_files,
         generation_config=_read_json(generation, "generation defaults") if generation.exists() else {},
-        tokenizer_config=_read_json(tok_config, "tokenizer settings") if tok_config.exists() else {},
+        tokenizer_config=tokenizer_config,
+        chat_template=_chat_template(folder, tokenizer_config),
     )

@@ -182,6 +182,9 @@ def _summary(root: Path, manifest: dict) -> str:
             f"  kv cache: {kinds} {kv.dtype}, context {kv.max_context}, "
             f"{kv.bytes_per_token} bytes/token, {kv.max_bytes / 1e6:.1f} MB at full context",
         ]
+    template = manifest["tokenizer"].get("chat_template")
+    lines.append(f"chat template: {template}" if template else
+                 "chat template: none (air-run chat and serve use the plain User:/Assistant: fallback)")
     lines += _routing_summary(root, manifest)
     prov = manifest["provenance"]
     lines.append(f"built {prov['built_at']} by air {prov['air_version']} with TVM {prov['tvm_version']}, "

@@ -19,22 +19,20 @@ from air.cpu_features import machine_features, usable_cores
 from air.errors import AirError
 
 from .archive import is_archive, unpack
-from .generation import Generator
 from .manifest import kv_spec, read_manifest, verify_files
 from .model import CompiledModel
 from .signing import read_signature
 from .trust import Trust
 from .verified import VerificationCache
 from .routing import Route, lookup, memory_class
-from .sampling import Sampler
-from .text import TextStream, load_tokenizer
+from .text import load_tokenizer
 
 
 @dataclasses.dataclass
 class GenerationResult:
     tokens: list[int]
     text: str
-    finish_reason: str  # "stop" (end-of-sequence token), "length" (max_tokens) or "context" (cache full)
+    finish_reason: str  # "stop" (end-of-sequence token or stop text), "length" (max_tokens), "context" (cache full), "cancelled"
     stats: dict
     route: Route | None = None  # the routing-table row that chose the path, when routed
 
@@ -216,14 +214,6 @@ class Bundle:
         if speculate is not None and speculate < 0:
             raise AirError(f"--speculate must be >= 0, got {speculate}")
         ids = self.encode(prompt) if prompt is not None else list(prompt_ids)
-        self._check_prompt(ids)
-        model, draft, k, route = self._plan(ids, max_tokens, quality, speculate)
-        generator = Generator(model, draft, Sampler(temperature, top_p, seed), self.eos_token_ids)
-        stream = TextStream(self.tokenizer)
-        emit = (lambda token: on_text(stream.push(token))) if on_text is not None else (lambda token: None)
-        tokens, finish, stats = generator.run(ids, max_tokens, k, emit)
-        stats["verification"] = dict(self.verification)
-        if on_text is not None:
-            on_text(stream.flush())
-        text = self.tokenizer.decode(tokens, skip_special_tokens=True)
-        return GenerationResult(tokens=tokens, text=text, finish_reason=finish, stats=stats, route=route)
+        from .session import Session
+
+        return Session(self).generate(ids, max_tokens, temperature, top_p, seed, speculate, quality, on_text)

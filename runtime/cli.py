@@ -9,7 +9,22 @@ import sys
 import click
 
 from air.errors import AirError
-from .routing import TIERS
+from .options import explanation, generation_options, load_bundle, trust_options
+
+SUBCOMMANDS = {"chat": "air.runtime.chat_cli", "serve": "air.runtime.serve_cli"}
+
+
+class _RunCommand(click.Command):
+    """`air-run BUNDLE ...`, or `air-run chat|serve BUNDLE ...` (a bundle folder of such a name: ./chat)."""
+
+    def main(self, args=None, prog_name=None, **extra):
+        args = list(sys.argv[1:] if args is None else args)
+        if args and args[0] in SUBCOMMANDS:
+            import importlib
+
+            command = importlib.import_module(SUBCOMMANDS[args[0]]).main
+            return command.main(args[1:], prog_name=f"{prog_name or 'air-run'} {args[0]}", **extra)
+        return super().main(args, prog_name, **extra)
 
 
 def _parse_ids(text: str) -> list[int]:
@@ -19,37 +34,22 @@ def _parse_ids(text: str) -> list[int]:
         raise AirError(f"--prompt-ids must be comma-separated integers, got '{text}'") from None
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=_RunCommand, context_settings={"help_option_names": ["-h", "--help"]})
 @click.argument("bundle", type=click.Path())
 @click.option("--prompt", help="Prompt text.")
 @click.option("--prompt-ids", help="Prompt as comma-separated token ids, e.g. 1,2,3.")
-@click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True, help="Tokens to generate at most.")
-@click.option("--temperature", type=click.FloatRange(min=0.0), default=0.0, show_default=True, help="0 is greedy.")
-@click.option("--top-p", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=1.0, show_default=True)
-@click.option("--seed", type=int, default=None, help="Seed for sampling (reproducible output).")
-@click.option("--speculate", type=click.IntRange(min=0, max=16), default=None,
-              help="Force the draft length per target pass (0: the target alone). Default: the routing table decides.")
-@click.option("--quality", type=click.Choice(TIERS), default="balanced", show_default=True,
-              help="Quality tier for routing: exact never serves draft-only output; fast may.")
-@click.option("--explain", is_flag=True, help="Say which routing row served the request and why.")
-@click.option("--memory-budget", type=click.FloatRange(min=0), default=None,
-              help="MiB the request may use for weights and KV cache (default: the recipe's; 0 = no limit).")
-@click.option("--threads", type=click.IntRange(min=0), default=None, help="CPU threads (default: the bundle's recipe; 0 = all cores).")
+@generation_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (tokens, text, stats) instead of streaming text.")
-@click.option("--trust", "trusted", multiple=True, type=click.Path(),
-              help="Run only bundles signed by this public key (repeatable; also $AIR_TRUSTED_KEYS/*.pub).")
-@click.option("--verify", "rehash", is_flag=True, help="Hash every bundle file, even those verified at an earlier start.")
+@trust_options
 def main(bundle, prompt, prompt_ids, max_tokens, temperature, top_p, seed, speculate, quality, explain,
          memory_budget, threads, as_json, trusted, rehash):
-    """Generate text with a compiled BUNDLE."""
+    """Generate text with a compiled BUNDLE.
+
+    Also: `air-run chat BUNDLE` (multi-turn chat) and `air-run serve BUNDLE` (OpenAI-compatible HTTP)."""
     try:
         if (prompt is None) == (prompt_ids is None):
             raise AirError("give exactly one of --prompt or --prompt-ids")
-        from .bundle import Bundle
-        from .trust import Trust
-
-        loaded = Bundle.load(bundle, threads=threads, memory_budget_mb=memory_budget,
-                             trust=Trust.configure(trusted), rehash=rehash)
+        loaded = load_bundle(bundle, threads, memory_budget, trusted, rehash)
         ids = _parse_ids(prompt_ids) if prompt_ids is not None else None
         on_text = None if as_json else (lambda delta: (sys.stdout.write(delta), sys.stdout.flush()))
         result = loaded.generate(prompt=prompt, prompt_ids=ids, max_tokens=max_tokens, temperature=temperature,
@@ -62,7 +62,7 @@ def main(bundle, prompt, prompt_ids, max_tokens, temperature, top_p, seed, specu
         click.echo("air-run: interrupted", err=True)
         sys.exit(130)
     if explain:
-        click.echo(_explanation(result, speculate), err=True)
+        click.echo(explanation(result, speculate), err=True)
     if as_json:
         route = dataclasses.asdict(result.route) if result.route else None
         print(json.dumps({"tokens": result.tokens, "text": result.text,
@@ -78,17 +78,6 @@ def main(bundle, prompt, prompt_ids, max_tokens, temperature, top_p, seed, specu
                f"{stats['tokens_per_target_pass']} tokens per target pass" if stats["speculate"] else "") + "]",
             err=True,
         )
-
-
-def _explanation(result, speculate) -> str:
-    measured = result.stats["decode_tokens_per_second"]
-    if result.route is None:
-        return f"route: forced by --speculate {speculate}; measured {measured} tokens/s"
-    r = result.route
-    path = f"speculative k={r.k}" if r.path == "speculative" else f"{r.path} alone"
-    expected = f"{r.expected_tokens_per_second} tokens/s" if r.expected_tokens_per_second else "n/a"
-    return (f"route: row '{r.key}' -> {path}, KV {r.kv}; expected {expected}, measured {measured} tokens/s\n"
-            f"why: {r.reason}")
 
 
 if __name__ == "__main__":

@@ -48,18 +48,20 @@ class Generator:
         self.eos_ids = eos_ids
         self.counters = Counters()
 
-    def run(self, prompt: list[int], max_tokens: int, k: int, on_token: Callable[[int], None]) -> tuple[list[int], str, dict]:
+    def run(self, prompt: list[int], max_tokens: int, k: int, on_token: Callable[[int], None],
+            kept: tuple[int, int] = (0, 0), should_stop: Callable[[], bool] | None = None) -> tuple[list[int], str, dict]:
+        """kept: positions of the prompt already in the target's and the draft's caches (a
+        session's earlier turns); should_stop: asked once per round, ends with "cancelled".
+        Afterwards `sequence` is the prompt and every committed token: each cache holds its first
+        `length` tokens."""
         counters = self.counters = Counters()
         speculate = k > 0 and self.draft is not None
         started = time.perf_counter()
         context = len(prompt) + max_tokens + k + 1
-        self.target.reset(context)
-        if len(prompt) > 1:
-            counters.timed("target", self.target.prefill, prompt[:-1])
+        self.sequence = list(prompt)
+        self._fill("target", self.target, prompt, kept[0], context)
         if speculate:
-            self.draft.reset(context)
-            if len(prompt) > 1:
-                counters.timed("draft", self.draft.prefill, prompt[:-1])
+            self._fill("draft", self.draft, prompt, kept[1], context)
         prefill_done = time.perf_counter()
         counters.draft_seconds = counters.target_seconds = 0.0
 
@@ -68,6 +70,9 @@ class Generator:
         first_token_at = None
         finish = None
         while finish is None:
+            if should_stop is not None and should_stop():
+                finish = "cancelled"
+                break
             room = self.target.max_context - self.target.length - 1  # slots after `last`
             if speculate:
                 room = min(room, self.draft.max_context - self.draft.length - len(draft_behind) + 1)
@@ -82,6 +87,7 @@ class Generator:
                 counters.target_passes += 1
                 committed = [self.sampler.pick(logits)]
                 draft_behind = draft_behind + committed
+            self.sequence += committed
             for token in committed:
                 if first_token_at is None:
                     first_token_at = time.perf_counter()
@@ -95,7 +101,18 @@ class Generator:
                     break
             last = committed[-1]
         ended = time.perf_counter()
-        return out, finish, self._stats(prompt, out, started, prefill_done, first_token_at or ended, ended, k if speculate else 0)
+        return out, finish, self._stats(prompt, out, started, prefill_done, first_token_at or ended, ended,
+                                        k if speculate else 0, kept[0])
+
+    def _fill(self, which: str, model: CompiledModel, prompt: list[int], keep: int, context: int) -> None:
+        """Bring the cache to prompt[:-1]: keep its first `keep` positions, prefill the rest."""
+        if keep:
+            model.rollback(keep)
+            model.reserve(context)
+        else:
+            model.reset(context)
+        if len(prompt) - 1 > keep:
+            self.counters.timed(which, model.prefill, prompt[keep:-1])
 
     def _speculative_round(self, last: int, draft_behind: list[int], draft_len: int):
         counters, sampler, draft = self.counters, self.sampler, self.draft
@@ -141,15 +158,18 @@ class Generator:
         draft.rollback(draft_base + len(draft_behind) + in_draft)
         return proposals[:accepted] + [correction], proposals[in_draft:accepted] + [correction]
 
-    def _stats(self, prompt, out, started, prefill_done, first_token_at, ended, k) -> dict:
+    def _stats(self, prompt, out, started, prefill_done, first_token_at, ended, k, reused) -> dict:
         c = self.counters
+        fed = len(prompt) - 1 - reused  # tokens the prefill read (the last one is the first decode's)
         generation = ended - prefill_done
         prefill = prefill_done - started
         stats = {
             "prompt_tokens": len(prompt),
             "generated_tokens": len(out),
+            "reused_tokens": reused,
+            "prefilled_tokens": len(prompt) - reused,
             "prefill_seconds": round(prefill, 6),
-            "prefill_tokens_per_second": round((len(prompt) - 1) / prefill, 3) if len(prompt) > 1 and prefill > 0 else None,
+            "prefill_tokens_per_second": round(fed / prefill, 3) if fed > 0 and prefill > 0 else None,
             "decode_seconds": round(generation, 6),
             "decode_tokens_per_second": round(len(out) / generation, 3) if out and generation > 0 else None,
             "time_to_first_token_seconds": round(first_token_at - started, 6),

@@ -7,6 +7,7 @@ both halves agree by construction. A bundle is one folder:
   <role>/model.so          compiled library per model (role: target, draft)
   <role>/weights.safetensors
   tokenizer.json, tokenizer_config.json
+  chat_template.jinja      when the checkpoint has one (tokenizer.chat_template names it)
 
 Each model's KV cache and compiled functions are typed in contract.py.
 """
@@ -84,6 +85,9 @@ def validate(manifest: dict) -> None:
     for name in manifest["tokenizer"].get("files", []):
         if name not in manifest["files"]:
             raise AirError(f"manifest: tokenizer file '{name}' is not in the file list")
+    template = manifest["tokenizer"].get("chat_template")
+    if template is not None and template not in manifest["files"]:
+        raise AirError(f"manifest: chat template '{template}' is not in the file list")
 
 
 def kv_spec(entry: dict, role: str) -> KVCacheSpec:

@@ -36,6 +36,7 @@ class CompiledModel:
         self.capacities: tuple[int, ...] = ()
         self.room = 0  # positions the allocated caches can reach
         self.length = 0
+        self.holder = None  # the session whose tokens the cache holds (set by Session)
         # Input tensors reused across calls, written through numpy views of their memory (the
         # runtime's device is the CPU): a new tensor cost 10 us and copyfrom 5 us, against a
         # small draft model's step of 50 us.
@@ -49,13 +50,23 @@ class CompiledModel:
 
     def reset(self, context: int | None = None) -> None:
         """Start a new sequence, with cache room for `context` positions (default: all)."""
-        capacities = self.kv.capacities(context if context is not None else self.kv.max_context)
-        if not self.caches or any(new > old for new, old in zip(capacities, self.capacities)):
-            self.caches = []  # free the old tensors before allocating the new ones
-            self.caches = [tvm.runtime.empty(shape, dtype, self.device) for shape, dtype in self.kv.shapes(capacities)]
-            self.capacities = capacities
-            self.room = self.kv.reachable(capacities)
         self.length = 0
+        self.reserve(context)
+
+    def reserve(self, context: int | None = None) -> None:
+        """Cache room for `context` positions (default: all), keeping the first `length`."""
+        capacities = self.kv.capacities(context if context is not None else self.kv.max_context)
+        if self.caches and all(new <= old for new, old in zip(capacities, self.capacities)):
+            return
+        kept = self.caches if self.length else []
+        self.caches = []  # free the old tensors before allocating the new ones
+        shapes = self.kv.shapes(capacities)
+        if kept:
+            self.caches = [_grown(old, shape, self.device) for old, (shape, _) in zip(kept, shapes)]
+        else:
+            self.caches = [tvm.runtime.empty(shape, dtype, self.device) for shape, dtype in shapes]
+        self.capacities = capacities
+        self.room = self.kv.reachable(capacities)
 
     # -- calls ------------------------------------------------------------------------------
 
@@ -120,6 +131,17 @@ class _InputTensor:
             self.view[:] = values
         else:
             self.tensor.copyfrom(np.asarray(values, dtype=self.dtype).reshape(self.tensor.shape))
+
+
+def _grown(old, shape: tuple[int, ...], device):
+    """A cache tensor of `shape` holding `old`'s values in its leading slots (a tensor without
+    a capacity axis, such as the placeholder scales of float caches, is kept as it is)."""
+    values = old.numpy()
+    if values.shape == shape:
+        return old
+    grown = np.zeros(shape, dtype=values.dtype)
+    grown[tuple(slice(0, n) for n in values.shape)] = values
+    return tvm.runtime.tensor(grown, device)
 
 
 def _load_params(path: Path, names: list[str], device) -> list:

@@ -42,3 +42,33 @@ class TextStream:
 
 def load_tokenizer(root: Path) -> Tokenizer:
     return Tokenizer.from_file(str(root / "tokenizer.json"))
+
+
+class StopText:
+    """Ends streamed text at the first of some stop strings: holds back a tail that could begin
+    one, and drops the stop string and everything after it."""
+
+    def __init__(self, stops: tuple[str, ...] | list[str]):
+        self.stops = [s for s in stops if s]
+        self.hold = max((len(s) for s in self.stops), default=1) - 1
+        self.pending = ""
+        self.text = ""  # everything emitted
+        self.stopped = False
+
+    def push(self, delta: str) -> str:
+        if self.stopped:
+            return ""
+        self.pending += delta
+        found = [i for i in (self.pending.find(s) for s in self.stops) if i >= 0]
+        if found:
+            self.stopped = True
+            return self._emit(min(found))
+        return self._emit(max(len(self.pending) - self.hold, 0))
+
+    def flush(self) -> str:
+        return "" if self.stopped else self._emit(len(self.pending))
+
+    def _emit(self, end: int) -> str:
+        out, self.pending = self.pending[:end], ("" if self.stopped else self.pending[end:])
+        self.text += out
+        return out

@@ -20,7 +20,15 @@ _CORPUS = [
 ]
 
 
-def make_tokenizer(folder: Path, vocab: int = VOCAB) -> None:
+# A ChatML-like template: each turn ends with the end-of-sequence token the model stops at.
+CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\\n' + message['content'] + eos_token + '\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
+)
+
+
+def make_tokenizer(folder: Path, vocab: int = VOCAB, chat_template: str | None = None) -> None:
     tokenizer = Tokenizer(models.BPE(unk_token=None))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
@@ -31,8 +39,10 @@ def make_tokenizer(folder: Path, vocab: int = VOCAB) -> None:
     have = tokenizer.get_vocab_size()
     tokenizer.add_tokens([f"<|extra_{i}|>" for i in range(have, vocab)])
     tokenizer.save(str(folder / "tokenizer.json"))
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|bos|>", "eos_token": "<|eos|>"}))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<|bos|>", "eos_token": "<|eos|>"}
+    if chat_template is not None:
+        config["chat_template"] = chat_template
+    (folder / "tokenizer_config.json").write_text(json.dumps(config))
 
 
 FAMILIES = {
@@ -45,7 +55,7 @@ FAMILIES = {
 
 def make_checkpoint(folder: Path, family: str = "llama", *, hidden: int = 64, layers: int = 2, heads: int = 4,
                     kv_heads: int = 2, intermediate: int = 128, tied: bool = False, dtype: str = "float32",
-                    seed: int = 0, vocab: int = VOCAB, **extra) -> Path:
+                    seed: int = 0, vocab: int = VOCAB, chat_template: str | None = None, **extra) -> Path:
     """Write a random checkpoint in HF format (config.json, model.safetensors, tokenizer)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -64,7 +74,7 @@ def make_checkpoint(folder: Path, family: str = "llama", *, hidden: int = 64, la
             if "norm" in name:
                 param.add_(1.0)
     model.to(getattr(torch, dtype)).save_pretrained(folder)
-    make_tokenizer(folder, vocab)
+    make_tokenizer(folder, vocab, chat_template)
     return folder
 
 

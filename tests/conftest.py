@@ -6,7 +6,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from checkpoints import make_checkpoint  # noqa: E402
+from checkpoints import CHAT_TEMPLATE, make_checkpoint  # noqa: E402
 
 from air.compiler.build import compile_bundle  # noqa: E402
 from air.compiler.recipe import load_recipe  # noqa: E402
@@ -49,13 +49,23 @@ def bundles(checkpoints, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def pair(tmp_path_factory):
-    """A target/draft pair with one tokenizer, compiled together."""
+    """A target/draft pair with one tokenizer and a chat template, compiled together."""
     root = tmp_path_factory.mktemp("pair")
-    target = make_checkpoint(root / "target", "llama", seed=11)
+    target = make_checkpoint(root / "target", "llama", seed=11, chat_template=CHAT_TEMPLATE)
     draft = make_checkpoint(root / "draft", "qwen2", hidden=32, layers=1, heads=2, kv_heads=1, intermediate=64, seed=12)
     bundle = root / "bundle"
     compile_bundle(str(target), str(draft), load_recipe("host").with_overrides(max_context=128), bundle, quiet=True)
     return {"target": target, "draft": draft, "bundle": bundle}
+
+
+@pytest.fixture(scope="session")
+def windowed_chat(pair, tmp_path_factory):
+    """The pair's target alone with a windowed cache (4 sinks + 48 recent positions): its
+    generation runs past the context in fixed memory."""
+    bundle = tmp_path_factory.mktemp("windowed") / "bundle"
+    recipe = load_recipe("host").with_overrides(max_context=128, kv_window=48, kv_sinks=4)
+    compile_bundle(str(pair["target"]), None, recipe, bundle, quiet=True)
+    return bundle
 
 
 def cli_env(**extra) -> dict:
