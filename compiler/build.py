@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 import platform
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -47,10 +46,15 @@ def _check_same_vocabulary(target: Checkpoint, draft: Checkpoint) -> None:
             f"draft vocabulary size {draft.spec.vocab_size} differs from the target's {target.spec.vocab_size}; "
             "speculation needs one shared vocabulary"
         )
-    target_vocab = Tokenizer.from_file(str(target.path / "tokenizer.json")).get_vocab(with_added_tokens=True)
-    draft_vocab = Tokenizer.from_file(str(draft.path / "tokenizer.json")).get_vocab(with_added_tokens=True)
+    target_vocab = _vocabulary(target)
+    draft_vocab = _vocabulary(draft)
     if target_vocab != draft_vocab:
         raise AirError("draft tokenizer's vocabulary differs from the target's; speculation needs one shared vocabulary")
+
+
+def _vocabulary(ckpt: Checkpoint) -> dict[str, int]:
+    tokenizer = Tokenizer.from_str(ckpt.tokenizer_files["tokenizer.json"].decode())
+    return tokenizer.get_vocab(with_added_tokens=True)
 
 
 def _eos_token_ids(ckpt: Checkpoint) -> list[int]:
@@ -154,9 +158,9 @@ def _write_bundle(staging: Path, target: Checkpoint, draft: Checkpoint | None, r
     if draft is not None:
         models["draft"] = _compile_one("draft", draft, recipe, device, staging, progress)
     with progress.stage("writing manifest"):
-        tokenizer_files = [file for file in TOKENIZER_FILES if (target.path / file).exists()]
+        tokenizer_files = [file for file in TOKENIZER_FILES if file in target.tokenizer_files]
         for file in tokenizer_files:
-            shutil.copyfile(target.path / file, staging / file)
+            (staging / file).write_bytes(target.tokenizer_files[file])
         files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
         manifest = {
             "format": FORMAT_NAME,
@@ -175,7 +179,7 @@ def _write_bundle(staging: Path, target: Checkpoint, draft: Checkpoint | None, r
                 "build_host": f"{platform.machine()} {platform.node()}",
                 "recipe": {"name": recipe.name, "settings": recipe.source},
                 "sources": {
-                    role: {"path": str(ckpt.path.resolve()), "files": ckpt.source_hashes()}
+                    role: {"path": str(ckpt.path.resolve()), "files": ckpt.source_hashes(), **ckpt.source_details}
                     for role, ckpt in (("target", target), ("draft", draft)) if ckpt is not None
                 },
                 "stage_seconds": progress.timings,
