@@ -43,7 +43,7 @@ _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
                 r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 _PRE_TOKENIZERS = {
     "default": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False),
-    "gpt2": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False),
+    "gpt-2": lambda: pre_tokenizers.ByteLevel(add_prefix_space=False),
     "smollm": lambda: pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
                                                pre_tokenizers.ByteLevel(add_prefix_space=False)]),
     "llama-bpe": lambda: _split_then_bytes(_LLAMA3_SPLIT),
@@ -251,7 +251,7 @@ def _config(meta: dict, tensors: GGUFTensors, path: Path) -> dict:
     present = {int(n.split(".")[2]) for n in tensors.by_name if n.startswith("model.layers.")}
     if present != set(range(layers)):
         raise AirError(f"{path}: metadata says {layers} layers but the file has tensors for {len(present)}")
-    tokens = _require(meta, "tokenizer.ggml.tokens", path)
+    tokens = _strings(meta, "tokenizer.ggml.tokens", path)
     vocab = _positive(meta, f"{arch}.vocab_size", path, len(tokens) or None)
     config = {
         "architectures": [ARCHITECTURES[arch]],
@@ -303,6 +303,13 @@ def _token_id(meta: dict, key: str, vocab: int, path: Path) -> int:
     return value
 
 
+def _strings(meta: dict, key: str, path: Path) -> list[str]:
+    values = _require(meta, key, path)
+    if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+        raise AirError(f"{path}: GGUF metadata '{key}' is not a list of strings")
+    return values
+
+
 def _split_then_bytes(pattern: str):
     return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
                                     pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
@@ -317,18 +324,18 @@ def _tokenizer(meta: dict, path: Path) -> Tokenizer:
     pre = meta.get("tokenizer.ggml.pre", "default")
     if pre not in _PRE_TOKENIZERS:
         raise AirError(f"{path}: GGUF pre-tokenizer '{pre}' is not supported (supported: {', '.join(_PRE_TOKENIZERS)})")
-    tokens = _require(meta, "tokenizer.ggml.tokens", path)
+    tokens = _strings(meta, "tokenizer.ggml.tokens", path)
     types = meta.get("tokenizer.ggml.token_type") or [1] * len(tokens)
     vocab = {token: i for i, token in enumerate(tokens)}
-    if len(vocab) != len(tokens) or len(types) != len(tokens):
+    if len(vocab) != len(tokens) or not isinstance(types, list) or len(types) != len(tokens):
         raise AirError(f"{path}: GGUF vocabulary has repeated tokens or a token_type list of another length")
-    merges = [tuple(merge.split(" ")) for merge in _require(meta, "tokenizer.ggml.merges", path)]
+    merges = [tuple(merge.split(" ")) for merge in _strings(meta, "tokenizer.ggml.merges", path)]
     if any(len(merge) != 2 for merge in merges):
         raise AirError(f"{path}: GGUF tokenizer merges must be two tokens separated by one space")
     try:
         tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=merges))
     except Exception as e:  # tokenizers raises a bare Exception for merges of unknown tokens
-        raise AirError(f"{path}: GGUF tokenizer is inconsistent ({e})") from None
+        raise AirError(f"{path}: GGUF tokenizer is inconsistent ({str(e).splitlines()[0]})") from None
     tokenizer.pre_tokenizer = _PRE_TOKENIZERS[pre]()
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False)

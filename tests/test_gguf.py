@@ -50,6 +50,20 @@ def test_gguf_reads_as_the_folder_it_was_written_from(source, tmp_path):
         assert ours.decode(ours.encode(text).ids) == theirs.decode(theirs.encode(text).ids)
 
 
+@pytest.mark.parametrize("pre", ["default", "gpt-2", "llama-bpe", "qwen2"])
+def test_pre_tokenizers_split_like_transformers(pre, tmp_path):
+    import transformers
+
+    path = write_gguf(make_checkpoint(tmp_path / "source", "llama", layers=1), tmp_path / "m.gguf", pre=pre)
+    ours = tokenizer_of(load_checkpoint(path))
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+    for text in TEXTS + ["x = 1234567 + 89;  y's  'll\r\n\r\n  z"]:
+        assert ours.encode(text).ids == theirs(text)["input_ids"], text
+        # the split itself (a tiny vocabulary may give the same ids for different splits)
+        split = theirs.backend_tokenizer.pre_tokenizer.pre_tokenize_str
+        assert ours.pre_tokenizer.pre_tokenize_str(text) == split(text), text
+
+
 @pytest.mark.parametrize("qtype", ["F16", "Q8_0", "Q4_1", "Q5_0"])
 def test_quantized_tensors_read_as_the_library_dequantizes_them(qtype, tmp_path):
     folder = make_checkpoint(tmp_path / "llama", "llama")
@@ -150,6 +164,9 @@ def _corrupt(kind: str, data: bytearray, reader) -> bytearray:
     elif kind == "missing-metadata":
         at = data.index(b"llama.block_count")
         data[at:at + 17] = b"llama.block_cnt__"
+    elif kind == "metadata-type":  # the layer count's 4 bytes read as a float32
+        struct.pack_into("<I", data, _field_value_offset(reader, "llama.block_count") - 4,
+                         int(gguf.GGUFValueType.FLOAT32))
     elif kind == "architecture":
         at = data.index(b"llama", _field_value_offset(reader, "general.architecture"))
         data[at:at + 5] = b"gemma"
@@ -173,6 +190,7 @@ BAD_FILES = {
     "tensor-type": "has type Q8_1, which the gguf library cannot dequantize",
     "unknown-tensor-type": "has unknown type 1000",
     "missing-metadata": "missing required GGUF metadata 'llama.block_count'",
+    "metadata-type": "GGUF metadata 'llama.block_count' is 1.4",
     "architecture": "unsupported GGUF architecture 'gemma' (supported: llama, qwen2, qwen3)",
 }
 
