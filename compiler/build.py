@@ -81,15 +81,16 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
     if kv.windowed and kv.window + kv.sinks > kv.max_context:
         raise AirError(f"recipe {recipe.name}: kv_cache window {kv.window} + sinks {kv.sinks} exceed the context of {kv.max_context}")
     scheme = recipe.weight_format(role)
-    model = CausalLM(spec, kv, WeightFormat(scheme, json.dumps(device.tvm_target)))
     if scheme in ("q4", "q8"):
         _check_quantizable(ckpt, scheme)
-    module, named_params = model.export_tvm(spec=model.export_spec())
-    check_tensors(ckpt, named_params, model)
     folder = staging / role
     folder.mkdir()
+    # The stage starts before the model is defined: parsing its kernels takes much of the time.
     with progress.stage(f"compiling {role} model ({spec.architecture}, {spec.num_layers} layers, "
                         f"hidden {spec.hidden_size}) for {device.tvm_target.get('mcpu', device.arch)}"):
+        model = CausalLM(spec, kv, WeightFormat(scheme, json.dumps(device.tvm_target)))
+        module, named_params = model.export_tvm(spec=model.export_spec())
+        check_tensors(ckpt, named_params, model)
         executable = compile_module(module, device.tvm_target)
         executable.export_library(str(folder / "model.so"), **device.export_options())
     with progress.stage(f"writing {role} weights ({scheme})"):

@@ -62,6 +62,7 @@ def _folder_from_gguf(gguf_path: Path, folder: Path, tokenizer) -> Path:
     if model.config.tie_word_embeddings:
         del state["lm_head.weight"]  # shares the embedding's storage, which safetensors refuses
     save_file(state, str(folder / "model.safetensors"))
+    model.config.architectures = [type(model).__name__]  # a config made from a GGUF names none
     model.config.to_json_file(folder / "config.json")
     model.generation_config.to_json_file(folder / "generation_config.json")
     tokenizer.save_pretrained(folder)
@@ -98,7 +99,8 @@ def test_smollm2_chat_answers_equal_transformers(gguf_path, transformers_tokeniz
     _compile(tmp_path / "folder", tmp_path / "from-folder")
     from_gguf = _greedy(tmp_path / "from-gguf", ids, count)
     assert from_gguf == _greedy(tmp_path / "from-folder", ids, count)
-    assert from_gguf == expected
+    # transformers' output ends with the end-of-turn token; ours stops before it (finish_reason "stop")
+    assert from_gguf == (expected[:expected.index(2)] if 2 in expected else expected)
     assert transformers_tokenizer.decode(expected).strip(), "an empty answer would prove little"
     weights = [json.loads((tmp_path / b / "manifest.json").read_text())["files"]["target/weights.safetensors"]
                for b in ("from-gguf", "from-folder")]
