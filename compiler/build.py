@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime
 import json
 import platform
-import shutil
 import tempfile
 from pathlib import Path
 
@@ -59,10 +58,15 @@ def _check_same_vocabulary(target: Checkpoint, draft: Checkpoint) -> None:
             f"draft vocabulary size {draft.spec.vocab_size} differs from the target's {target.spec.vocab_size}; "
             "speculation needs one shared vocabulary"
         )
-    target_vocab = Tokenizer.from_file(str(target.path / "tokenizer.json")).get_vocab(with_added_tokens=True)
-    draft_vocab = Tokenizer.from_file(str(draft.path / "tokenizer.json")).get_vocab(with_added_tokens=True)
+    target_vocab = _vocabulary(target)
+    draft_vocab = _vocabulary(draft)
     if target_vocab != draft_vocab:
         raise AirError("draft tokenizer's vocabulary differs from the target's; speculation needs one shared vocabulary")
+
+
+def _vocabulary(ckpt: Checkpoint) -> dict[str, int]:
+    tokenizer = Tokenizer.from_str(ckpt.tokenizer_files["tokenizer.json"].decode())
+    return tokenizer.get_vocab(with_added_tokens=True)
 
 
 def _eos_token_ids(ckpt: Checkpoint) -> list[int]:
@@ -77,12 +81,13 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
     spec = ckpt.spec
     kv = KVLayout(spec, recipe.kv_cache, _context_length(ckpt, recipe, progress), recipe.kv_sinks, recipe.kv_window)
     scheme = recipe.weight_format(role)
-    model = CausalLM(spec, kv, WeightFormat(scheme, tvm_target=json.dumps(device.tvm_target)))
-    module, named_params = model.export_tvm(spec=model.export_spec())
     folder = staging / role
     folder.mkdir()
+    # The stage starts before the model is defined: parsing its kernels takes much of the time.
     with progress.stage(f"compiling {role} model ({spec.architecture}, {spec.num_layers} layers, "
                         f"hidden {spec.hidden_size}) for {device.tvm_target.get('mcpu', device.arch)}"):
+        model = CausalLM(spec, kv, WeightFormat(scheme, tvm_target=json.dumps(device.tvm_target)))
+        module, named_params = model.export_tvm(spec=model.export_spec())
         executable = compile_module(module, device.tvm_target)
         executable.export_library(str(folder / "model.so"), **device.export_options())
     with progress.stage(f"writing {role} weights ({scheme})"):
@@ -151,9 +156,9 @@ def _write_bundle(staging: Path, target: Checkpoint, draft: Checkpoint | None, r
     if draft is not None:
         models["draft"] = _compile_one("draft", draft, recipe, device, staging, progress)
     with progress.stage("writing manifest"):
-        tokenizer_files = [file for file in TOKENIZER_FILES if (target.path / file).exists()]
+        tokenizer_files = [file for file in TOKENIZER_FILES if file in target.tokenizer_files]
         for file in tokenizer_files:
-            shutil.copyfile(target.path / file, staging / file)
+            (staging / file).write_bytes(target.tokenizer_files[file])
         template_entry = write_chat_template(staging, target.chat_template, target.tokenizer_config)
         files = sorted(str(p.relative_to(staging)) for p in staging.rglob("*") if p.is_file())
         manifest = {
@@ -173,7 +178,7 @@ def _write_bundle(staging: Path, target: Checkpoint, draft: Checkpoint | None, r
                 "build_host": f"{platform.machine()} {platform.node()}",
                 "recipe": {"name": recipe.name, "settings": recipe.source},
                 "sources": {
-                    role: {"path": str(ckpt.path.resolve()), "files": ckpt.source_hashes()}
+                    role: {"path": str(ckpt.path.resolve()), "files": ckpt.source_hashes(), **ckpt.source_details}
                     for role, ckpt in (("target", target), ("draft", draft)) if ckpt is not None
                 },
                 "stage_seconds": progress.timings,

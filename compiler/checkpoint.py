@@ -1,10 +1,13 @@
-"""Read a Hugging Face checkpoint folder: config, weights (single file or shards), tokenizer."""
+"""A checkpoint as the compiler sees it, and the reader of Hugging Face checkpoint folders
+(config, weights in one file or shards, tokenizer). A .gguf file is read by gguf_checkpoint.py
+into the same Checkpoint, with Hugging Face tensor names."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
@@ -18,31 +21,53 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
 
 
-@dataclasses.dataclass
-class Checkpoint:
-    path: Path
-    config: dict
-    spec: DecoderSpec
-    tensor_files: dict[str, SafetensorsFile]  # tensor name -> the file holding it
-    generation_config: dict
-    tokenizer_config: dict
-    chat_template: str | None = None  # Jinja source; None: the checkpoint has none
+class TensorSource(Protocol):
+    """Tensors by Hugging Face name (e.g. "model.layers.0.self_attn.q_proj.weight")."""
+
+    def has(self, name: str) -> bool: ...
+    def shape(self, name: str) -> tuple[int, ...]: ...
+    def read(self, name: str) -> np.ndarray: ...
+
+
+class SafetensorsTensors:
+    def __init__(self, files: list[SafetensorsFile]):
+        self.files = {name: file for file in files for name in file.entries}  # tensor name -> its file
 
     def has(self, name: str) -> bool:
-        return name in self.tensor_files
+        return name in self.files
 
-    def tensor_shape(self, name: str) -> tuple[int, ...]:
-        return tuple(self.tensor_files[name].entries[name]["shape"])
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self.files[name].entries[name]["shape"])
 
     def read(self, name: str) -> np.ndarray:
-        return self.tensor_files[name].read(name)
+        return self.files[name].read(name)
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    path: Path  # the folder or the file given on the command line
+    config: dict  # Hugging Face config.json keys (made from the metadata for a GGUF)
+    spec: DecoderSpec
+    tensors: TensorSource
+    generation_config: dict
+    tokenizer_config: dict
+    tokenizer_files: dict[str, bytes]  # file name -> contents, written into the bundle
+    source_files: list[Path]  # every file the build reads, hashed into the provenance
+    source_details: dict = dataclasses.field(default_factory=lambda: {"format": "huggingface"})
+    chat_template: str | None = None
+
+    def has(self, name: str) -> bool:
+        return self.tensors.has(name)
+
+    def tensor_shape(self, name: str) -> tuple[int, ...]:
+        return self.tensors.shape(name)
+
+    def read(self, name: str) -> np.ndarray:
+        return self.tensors.read(name)
 
     def source_hashes(self) -> dict[str, str]:
         """sha256 of every file the build read, for the bundle's provenance."""
-        files = {"config.json"} | {f.path.name for f in self.tensor_files.values()}
-        files |= {name for name in TOKENIZER_FILES + ("generation_config.json", CHAT_TEMPLATE_FILE)
-                  if (self.path / name).exists()}
-        return {name: sha256_file(self.path / name) for name in sorted(files)}
+        return {path.name: sha256_file(path) for path in sorted(self.source_files)}
 
 
 def _read_json(path: Path, what: str) -> dict:
@@ -86,28 +111,41 @@ def _chat_template(folder: Path, tokenizer_config: dict) -> str | None:
     return template
 
 
-def load_checkpoint(folder: str | Path) -> Checkpoint:
-    folder = Path(folder)
+def load_checkpoint(path: str | Path) -> Checkpoint:
+    """A Hugging Face checkpoint folder or a .gguf file."""
+    path = Path(path)
+    if path.suffix == ".gguf" and not path.is_dir():
+        try:
+            from .gguf_checkpoint import load_gguf_checkpoint
+        except ModuleNotFoundError as e:
+            raise AirError(f"{path}: reading GGUF files needs the {e.name} package "
+                           "(pip install 'air-runtime[gguf]')") from None
+        return load_gguf_checkpoint(path)
+    return _load_folder(path)
+
+
+def _load_folder(folder: Path) -> Checkpoint:
     if not folder.is_dir():
         raise AirError(f"{folder}: checkpoint folder not found")
     config = _read_json(folder / "config.json", "model configuration")
     spec = spec_from_config(config, str(folder))
-    tensor_files: dict[str, SafetensorsFile] = {}
-    for path in _weight_files(folder):
-        file = SafetensorsFile(path)
-        for name in file.entries:
-            tensor_files[name] = file
+    weight_files = _weight_files(folder)
     if not (folder / "tokenizer.json").exists():
         raise AirError(f"{folder}: missing tokenizer.json")
     generation = folder / "generation_config.json"
     tok_config = folder / "tokenizer_config.json"
     tokenizer_config = _read_json(tok_config, "tokenizer settings") if tok_config.exists() else {}
+    tokenizer_files = {name: (folder / name).read_bytes() for name in TOKENIZER_FILES if (folder / name).exists()}
+    read = [folder / "config.json", *weight_files] + [folder / name for name in tokenizer_files]
+    read += [path for path in (generation, folder / CHAT_TEMPLATE_FILE) if path.exists()]
     return Checkpoint(
         path=folder,
         config=config,
         spec=spec,
-        tensor_files=tensor_files,
+        tensors=SafetensorsTensors([SafetensorsFile(path) for path in weight_files]),
         generation_config=_read_json(generation, "generation defaults") if generation.exists() else {},
         tokenizer_config=tokenizer_config,
+        tokenizer_files=tokenizer_files,
+        source_files=read,
         chat_template=_chat_template(folder, tokenizer_config),
     )

@@ -38,10 +38,10 @@ def main():
 
 
 @main.command()
-@click.option("--target-model", required=True, type=click.Path(), help="Hugging Face checkpoint folder of the target model.")
-@click.option("--draft-model", type=click.Path(), help="Checkpoint folder of the draft model (same vocabulary).")
+@click.option("--target-model", required=True, type=click.Path(), help="Target model: a Hugging Face checkpoint folder or a .gguf file.")
+@click.option("--draft-model", type=click.Path(), help="Draft model (folder or .gguf file; same vocabulary).")
 @click.option("--recipe", default="host", show_default=True, help="Recipe name (see `air-build recipes`) or a .yaml path.")
-@click.option("--output", type=click.Path(), help="Bundle folder [default: dist/<target folder name>].")
+@click.option("--output", type=click.Path(), help="Bundle folder [default: dist/<target folder name, or .gguf file stem>].")
 @click.option("--max-context", type=click.IntRange(min=16), help="Override the recipe's KV-cache context length.")
 @click.option("--quantization", type=click.Choice(FORMATS), help="Override the recipe's weight format.")
 @click.option("--draft-quantization", type=click.Choice(FORMATS),
@@ -67,7 +67,7 @@ def compile(target_model, draft_model, recipe, output, max_context, quantization
         chosen = load_recipe(recipe).with_overrides(max_context=max_context, kv_cache=kv_cache, quantization=quantization,
                                                     draft_quantization=draft_quantization, kv_window=kv_window,
                                                     kv_sinks=kv_sinks)
-        destination = Path(output) if output else Path("dist") / Path(target_model).resolve().name
+        destination = Path(output) if output else Path("dist") / _default_name(Path(target_model))
         key = load_private_key(Path(sign_key)) if sign_key else None  # a bad key stops before compiling
         from .build import compile_bundle
 
@@ -80,6 +80,11 @@ def compile(target_model, draft_model, recipe, output, max_context, quantization
         if _interrupted:
             _fail("interrupted; no bundle was written", 130)
         raise
+
+
+def _default_name(source: Path) -> str:
+    source = source.resolve()
+    return source.stem if source.suffix == ".gguf" else source.name
 
 
 def _pack(bundle: Path, archive: Path, quiet: bool) -> None:
@@ -179,6 +184,7 @@ def _summary(root: Path, manifest: dict) -> str:
             f"{role}: {arch['architecture']}, {arch['num_layers']} layers, hidden {arch['hidden_size']}, "
             f"heads {arch['num_heads']}/{arch['num_kv_heads']} (q/kv), vocab {entry['vocab_size']}",
             f"  weights: {entry['quantization']}, {entry['weight_bytes'] / 1e6:.1f} MB",
+            f"  source: {_source_summary(manifest['provenance']['sources'].get(role, {}), entry['quantization'])}",
             f"  kv cache: {kinds} {kv.dtype}, context {kv.max_context}, "
             f"{kv.bytes_per_token} bytes/token, {kv.max_bytes / 1e6:.1f} MB at full context",
         ]
@@ -190,6 +196,16 @@ def _summary(root: Path, manifest: dict) -> str:
     lines.append(f"built {prov['built_at']} by air {prov['air_version']} with TVM {prov['tvm_version']}, "
                  f"recipe {prov['recipe']['name']}")
     return "\n".join(lines)
+
+
+def _source_summary(source: dict, quantization: str) -> str:
+    path = source.get("path", "?")
+    if source.get("format") != "gguf":
+        return f"Hugging Face folder {path}"
+    types = ", ".join(f"{count} {name}" for name, count in source["tensor_types"].items())
+    digest = next(iter(source["files"].values()), "?")
+    return (f"GGUF file {path} (sha256 {digest[:16]}..., tensors {types}; "
+            f"each dequantized, then stored as {quantization})")
 
 
 def _routing_summary(root: Path, manifest: dict) -> list[str]:

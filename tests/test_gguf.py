@@ -1,0 +1,227 @@
+"""GGUF input: the loader against the Hugging Face folder a GGUF was written from, a bundle
+built from a GGUF file, and hostile GGUF files refused with one line."""
+
+import json
+import struct
+import subprocess
+import sys
+
+import gguf
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from tokenizers import Tokenizer
+
+from checkpoints import load_reference, make_checkpoint
+from gguf_files import write_gguf
+
+from air.compiler.checkpoint import load_checkpoint
+from air.compiler.cli import main
+from air.runtime import Bundle
+
+SOURCES = {
+    "llama": dict(family="llama"),
+    "llama-bias-tied": dict(family="llama", attention_bias=True, tied=True, kv_heads=4),
+    "qwen2-tied": dict(family="qwen2", tied=True),
+    "qwen3-qknorm": dict(family="qwen3", head_dim=32),
+}
+TEXTS = ["def f(x):\n    return x  +  1\n", "<|bos|>héllo wörld 12345 ∑ 🙂<|eos|>", "\t\t  \n\n   trailing   ",
+         "<|extra_300|>class Stack:"]
+
+
+def tokenizer_of(ckpt) -> Tokenizer:
+    return Tokenizer.from_str(ckpt.tokenizer_files["tokenizer.json"].decode())
+
+
+@pytest.mark.parametrize("source", list(SOURCES))
+def test_gguf_reads_as_the_folder_it_was_written_from(source, tmp_path):
+    folder = make_checkpoint(tmp_path / source, **SOURCES[source])
+    original, from_gguf = load_checkpoint(folder), load_checkpoint(write_gguf(folder, tmp_path / "m.gguf"))
+    assert from_gguf.spec == original.spec
+    assert sorted(from_gguf.tensors.by_name) == sorted(original.tensors.files)
+    for name in original.tensors.files:  # q/k rows back in Hugging Face order
+        np.testing.assert_array_equal(from_gguf.read(name), original.read(name), err_msg=name)
+    assert from_gguf.config["eos_token_id"] == 1 and from_gguf.chat_template.startswith("{% for m in messages %}")
+    ours, theirs = tokenizer_of(from_gguf), tokenizer_of(original)
+    assert ours.get_vocab(with_added_tokens=True) == theirs.get_vocab(with_added_tokens=True)
+    for text in TEXTS:
+        assert ours.encode(text).ids == theirs.encode(text).ids, text
+        assert ours.decode(ours.encode(text).ids) == theirs.decode(theirs.encode(text).ids)
+
+
+@pytest.mark.parametrize("pre", ["default", "gpt-2", "llama-bpe", "qwen2"])
+def test_pre_tokenizers_split_like_transformers(pre, tmp_path):
+    import transformers
+
+    path = write_gguf(make_checkpoint(tmp_path / "source", "llama", layers=1), tmp_path / "m.gguf", pre=pre)
+    ours = tokenizer_of(load_checkpoint(path))
+    theirs = transformers.AutoTokenizer.from_pretrained(tmp_path, gguf_file=path.name)
+    for text in TEXTS + ["x = 1234567 + 89;  y's  'll\r\n\r\n  z"]:
+        assert ours.encode(text).ids == theirs(text)["input_ids"], text
+        # the split itself (a tiny vocabulary may give the same ids for different splits)
+        split = theirs.backend_tokenizer.pre_tokenizer.pre_tokenize_str
+        assert ours.pre_tokenizer.pre_tokenize_str(text) == split(text), text
+
+
+@pytest.mark.parametrize("qtype", ["F16", "Q8_0", "Q4_1", "Q5_0"])
+def test_quantized_tensors_read_as_the_library_dequantizes_them(qtype, tmp_path):
+    folder = make_checkpoint(tmp_path / "llama", "llama")
+    original, from_gguf = load_checkpoint(folder), load_checkpoint(write_gguf(folder, tmp_path / "m.gguf", qtype))
+    kind = gguf.GGMLQuantizationType[qtype]
+    assert from_gguf.source_details["tensor_types"][qtype] == 16  # 7 matrices in each of 2 layers, embedding, lm_head
+    for name in original.tensors.files:
+        weight = original.read(name)
+        if weight.ndim == 2:  # rows quantized in blocks along a row: the row order does not change a block
+            stored = weight.astype(np.float16) if qtype == "F16" else gguf.quants.quantize(weight, kind)
+            weight = gguf.quants.dequantize(stored, kind)
+        np.testing.assert_array_equal(from_gguf.read(name), weight, err_msg=name)
+
+
+def test_bundle_from_gguf_generates_like_transformers(tmp_path):
+    folder = make_checkpoint(tmp_path / "source", "llama", seed=3)
+    path = write_gguf(folder, tmp_path / "tiny-llama.gguf", "Q8_0")
+    build = subprocess.run([sys.executable, "-m", "air.compiler", "compile", "--target-model", str(path),
+                            "--quantization", "f32", "--max-context", "64", "--quiet"],
+                           capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert build.returncode == 0, build.stderr
+    bundle = tmp_path / "dist" / "tiny-llama"  # named after the file's stem
+    inspect = CliRunner().invoke(main, ["inspect", str(bundle)])
+    assert f"source: GGUF file {path}" in inspect.stdout and "16 Q8_0" in inspect.stdout, inspect.stdout
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["provenance"]["sources"]["target"]["format"] == "gguf"
+    assert list(manifest["provenance"]["sources"]["target"]["files"]) == ["tiny-llama.gguf"]
+
+    # the reference: transformers on the GGUF's dequantized weights, read from the GGUF by transformers
+    reference = load_reference_gguf(path)
+    prompt = [5, 17, 42, 99, 123, 7, 250, 31]
+    with torch.no_grad():
+        expected = reference.generate(torch.tensor([prompt]), max_new_tokens=16, min_new_tokens=16,
+                                      do_sample=False)[0, len(prompt):].tolist()
+    result = Bundle.load(bundle).generate(prompt_ids=prompt, max_tokens=16)
+    assert result.tokens == expected[:len(result.tokens)] and len(result.tokens) > 0
+
+
+def load_reference_gguf(path):
+    import transformers
+
+    return transformers.AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name,
+                                                             dtype=torch.float32).eval()
+
+
+def test_reference_loader_agrees_on_the_tensors(tmp_path):
+    """transformers' own GGUF reading gives the tensors ours gives (so the reference above is one)."""
+    folder = make_checkpoint(tmp_path / "source", "llama", seed=4)
+    path = write_gguf(folder, tmp_path / "m.gguf", "Q4_1")
+    ours = load_checkpoint(path)
+    theirs = load_reference_gguf(path).state_dict()
+    for name in ours.tensors.by_name:
+        np.testing.assert_array_equal(ours.read(name), theirs[name].numpy(), err_msg=name)
+
+
+# -- hostile files ---------------------------------------------------------------------------------
+
+def _field_value_offset(reader, key: str) -> int:
+    field = reader.fields[key]
+    return field.offset + sum(int(p.nbytes) for p in field.parts[:3])  # after key length, key, type
+
+
+def _tensor_offset_field(reader, index: int) -> int:
+    field = reader.tensors[index].field
+    return field.offset + sum(int(p.nbytes) for p in field.parts[:5])  # after name, dims and type
+
+
+def _corrupt(kind: str, data: bytearray, reader) -> bytearray:
+    """The valid file's bytes with one thing broken."""
+    if kind == "truncated-data":
+        return data[: len(data) - 1000]
+    if kind == "truncated-header":
+        return data[:200]
+    if kind == "magic":
+        data[:4] = b"GGML"
+    elif kind == "version":
+        struct.pack_into("<I", data, 4, 99)
+    elif kind == "tensor-count":
+        struct.pack_into("<Q", data, 8, 1 << 60)
+    elif kind == "kv-count":
+        struct.pack_into("<Q", data, 16, 1 << 60)
+    elif kind == "string-length":
+        struct.pack_into("<Q", data, _field_value_offset(reader, "general.architecture"), 1 << 62)
+    elif kind == "array-length":
+        struct.pack_into("<Q", data, _field_value_offset(reader, "tokenizer.ggml.tokens") + 4, 1 << 40)
+    elif kind == "tensor-offset":
+        struct.pack_into("<Q", data, _tensor_offset_field(reader, 3), 1 << 50)
+    elif kind == "misaligned":
+        offset = _tensor_offset_field(reader, 3)
+        struct.pack_into("<Q", data, offset, struct.unpack_from("<Q", data, offset)[0] + 4)
+    elif kind == "overlap":
+        first = struct.unpack_from("<Q", data, _tensor_offset_field(reader, 2))[0]
+        struct.pack_into("<Q", data, _tensor_offset_field(reader, 3), first)
+    elif kind == "tensor-type":
+        struct.pack_into("<I", data, _tensor_offset_field(reader, 1) - 4, int(gguf.GGMLQuantizationType.Q8_1))
+    elif kind == "unknown-tensor-type":
+        struct.pack_into("<I", data, _tensor_offset_field(reader, 1) - 4, 1000)
+    elif kind == "missing-metadata":
+        at = data.index(b"llama.block_count")
+        data[at:at + 17] = b"llama.block_cnt__"
+    elif kind == "metadata-type":  # the layer count's 4 bytes read as a float32
+        struct.pack_into("<I", data, _field_value_offset(reader, "llama.block_count") - 4,
+                         int(gguf.GGUFValueType.FLOAT32))
+    elif kind == "architecture":
+        at = data.index(b"llama", _field_value_offset(reader, "general.architecture"))
+        data[at:at + 5] = b"gemma"
+    else:
+        raise ValueError(kind)
+    return data
+
+
+BAD_FILES = {
+    "truncated-data": "runs past the end of the file",
+    "truncated-header": "22 metadata key entries cannot fit",
+    "magic": "not a GGUF file",
+    "version": "unsupported GGUF version 99",
+    "tensor-count": "1152921504606846976 tensor entries cannot fit",
+    "kv-count": "1152921504606846976 metadata key entries cannot fit",
+    "string-length": "runs past the end of the file",
+    "array-length": "1099511627776 array entries cannot fit",
+    "tensor-offset": "runs past the end of the file",
+    "misaligned": "is not aligned to 32 bytes",
+    "overlap": "overlap in the file",
+    "tensor-type": "has type Q8_1, which the gguf library cannot dequantize",
+    "unknown-tensor-type": "has unknown type 1000",
+    "missing-metadata": "missing required GGUF metadata 'llama.block_count'",
+    "metadata-type": "GGUF metadata 'llama.block_count' is 1.4",
+    "architecture": "unsupported GGUF architecture 'gemma' (supported: llama, qwen2, qwen3)",
+}
+
+
+@pytest.fixture(scope="module")
+def valid_gguf(tmp_path_factory):
+    root = tmp_path_factory.mktemp("valid-gguf")
+    return write_gguf(make_checkpoint(root / "source", "llama", layers=1), root / "valid.gguf")
+
+
+def _compile_in_process(args: list[str]):
+    result = CliRunner().invoke(main, ["compile", *args])
+    return result.exit_code, result.stderr
+
+
+def _compile_subprocess(args: list[str]):
+    result = subprocess.run([sys.executable, "-m", "air.compiler", "compile", *args],
+                            capture_output=True, text=True, timeout=120)
+    return result.returncode, result.stderr
+
+
+# Every kind through the CLI's code in this process; one of each family also as a real command
+# (each start of the CLI imports TVM, 4-14 s on a loaded machine).
+@pytest.mark.parametrize("kind,compile_", [(kind, _compile_in_process) for kind in BAD_FILES] + [
+    (kind, _compile_subprocess) for kind in ("array-length", "overlap", "missing-metadata")])
+def test_hostile_gguf_is_refused_with_one_line(kind, compile_, valid_gguf, tmp_path):
+    bad = tmp_path / f"{kind}.gguf"
+    bad.write_bytes(_corrupt(kind, bytearray(valid_gguf.read_bytes()), gguf.GGUFReader(valid_gguf)))
+    status, stderr = compile_(["--target-model", str(bad), "--output", str(tmp_path / "out"), "--quiet"])
+    assert status == 2, stderr
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"air-build: error: {bad}: "), stderr
+    assert BAD_FILES[kind] in lines[0], lines[0]
+    assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == [bad.name]
