@@ -1,8 +1,8 @@
 """Checkpoint tensors -> the compiled model's parameters, in its order, checked and converted.
 
 Plain parameters (norms, biases) are the checkpoint tensor of the same name, cast to the
-parameter's dtype; a layer's weight matrix becomes "<layer>.tiles" (dense formats, dense.pack)
-or "<layer>.qs" and "<layer>.scales" (quantized, quant.pack), made from "<layer>.weight".
+parameter's dtype; a layer's weight matrix becomes "<layer>.tiles" (dense formats, packing.pack_dense)
+or "<layer>.qs" and "<layer>.scales" (quantized, packing.pack), made from "<layer>.weight".
 A fused layer (q/k/v as "qkv_proj", gate/up as "gate_up_proj") is made from its parts'
 tensors stacked along the output rows, weights and biases alike.
 """
@@ -16,7 +16,8 @@ from safetensors.numpy import save_file
 
 from air.errors import AirError
 
-from . import dense, quant
+from .kernels import packing
+from .kernels.layout import SCHEMES
 from .checkpoint import Checkpoint
 from .rope import inverse_frequencies
 
@@ -93,6 +94,6 @@ def _read(ckpt: Checkpoint, sources: list[str], dtype) -> np.ndarray:
 
 
 def _pack(weight: np.ndarray, scheme: str) -> dict[str, np.ndarray]:
-    if scheme in quant.SCHEMES:
-        return quant.pack(weight, scheme)
-    return {"tiles": dense.pack(weight, dense.DTYPES[scheme])}
+    if scheme in SCHEMES:
+        return packing.pack(weight, scheme)
+    return {"tiles": packing.pack_dense(weight, packing.DENSE_DTYPES[scheme])}
