@@ -27,7 +27,7 @@ import dataclasses
 
 from air.errors import AirError
 
-from .kernels.attention import DOT_LANES
+from .kernels.kv_codecs import DOT_LANES
 from .spec import DecoderSpec
 
 KINDS = ("f32", "f16", "int8", "int4")

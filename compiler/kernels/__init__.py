@@ -8,5 +8,6 @@
   packed     q8 / q4 matmul and the activation quantizer
   norms      RMSNorm (with the residual add, float or int8 output), SwiGLU, per-head norms
   attention  RoPE, cache append and attention for a KVLayout
+  kv_codecs  per KV-cache dtype: store, score, accumulate
   embedding  table lookups (dense and packed) and the last-row selection
 """

@@ -16,12 +16,11 @@ import math
 
 from tvm.script import tirx as T
 
+from . import kv_codecs
 from .common import HAND_WRITTEN, VEC, serial_or_parallel, vector_exp
+from .kv_codecs import DOT_LANES
 
 SCORE_CHUNK = VEC  # positions per online-softmax step: one vector of scores, one exp
-# Partial sums of a score's dot product: one vector register (a serial sum into one scalar
-# would not vectorize without reassociation); head_dim must be a multiple of 2 * DOT_LANES.
-DOT_LANES = 8
 # Below these sizes the kernels run on the calling thread: starting the pool's second thread
 # costs more than a decode step's append or short-context attention (benchmarks/kv_cache.py).
 SERIAL_APPENDS = 16  # (token, kv head) pairs appended
@@ -38,7 +37,7 @@ def append_kernel(layout):
     key, value = heads, heads + kv_heads  # the first key head and value head in qkv
     kind, storage, packed = layout.kind, layout.storage_dtype, layout.packed_dim
     slot_of = _slot_of(layout)
-    store = _STORE_MACROS[kind]
+    store = kv_codecs.STORE[kind]
     scale_shape = _scales_shape(layout)
 
     @T.macro
@@ -95,7 +94,7 @@ def attention_kernel(layout):
     windowed, sinks, window = layout.windowed, layout.sinks, layout.window
     slot_of = _slot_of(layout)
     scale_shape = _scales_shape(layout)
-    score, accumulate = _SCORE_MACROS[layout.kind], _ACCUMULATE_MACROS[layout.kind]
+    score, accumulate = kv_codecs.SCORE[layout.kind], kv_codecs.ACCUMULATE[layout.kind]
 
     @T.macro
     def rotate_query(dest, t, h, q, rope, r):
@@ -225,110 +224,3 @@ def _sum(query, qsum, dim):
     qsum[0] = T.float32(0)
     for d in T.serial(dim):
         qsum[0] = qsum[0] + query[d]
-
-
-# -- per-kind store / score / accumulate (expanded into the kernels at parse time) ---------
-
-@T.macro
-def _store_float(row, stat, data, scales, layer, which, h, slot):
-    for d in T.serial(row.shape[0]):
-        data[layer, which, h, slot, d] = T.Cast(data.dtype, row[d])
-
-
-@T.macro
-def _store_int8(row, stat, data, scales, layer, which, h, slot):
-    stat[0] = T.float32(0)
-    for d in T.serial(row.shape[0]):
-        stat[0] = T.max(stat[0], T.fabs(row[d]))
-    scales[layer, which, h, slot, 0] = T.Cast("float16", T.max(stat[0] / T.float32(127), T.float32(1e-6)))
-    stat[1] = T.Cast("float32", scales[layer, which, h, slot, 0])
-    for d in T.serial(row.shape[0]):
-        data[layer, which, h, slot, d] = T.Cast(
-            "int8", T.max(T.min(T.floor(row[d] / stat[1] + T.float32(0.5)), T.float32(127)), T.float32(-127)))
-
-
-@T.macro
-def _store_int4(row, stat, data, scales, layer, which, h, slot):
-    stat[0] = row[0]
-    stat[1] = row[0]
-    for d in T.serial(row.shape[0]):
-        stat[0] = T.min(stat[0], row[d])
-        stat[1] = T.max(stat[1], row[d])
-    scales[layer, which, h, slot, 1] = T.Cast("float16", stat[0])
-    stat[0] = T.Cast("float32", scales[layer, which, h, slot, 1])
-    scales[layer, which, h, slot, 0] = T.Cast("float16", T.max((stat[1] - stat[0]) / T.float32(15), T.float32(1e-6)))
-    stat[1] = T.Cast("float32", scales[layer, which, h, slot, 0])
-    for j in T.serial(row.shape[0] // 2):
-        data[layer, which, h, slot, j] = T.Cast("uint8", T.max(T.min(
-            T.floor((row[2 * j] - stat[0]) / stat[1] + T.float32(0.5)), T.float32(15)), T.float32(0))) | (
-            T.Cast("uint8", T.max(T.min(
-                T.floor((row[2 * j + 1] - stat[0]) / stat[1] + T.float32(0.5)), T.float32(15)), T.float32(0)))
-            << T.uint8(4))
-
-
-@T.macro
-def _reduce_partials(part, st):
-    st[2] = T.float32(0)
-    for lane in T.serial(DOT_LANES):
-        st[2] = st[2] + part[lane]
-
-
-@T.macro
-def _score_float(query, qsum, st, part, data, scales, layer, kh, slot):
-    for lane in T.vectorized(DOT_LANES):
-        part[lane] = T.float32(0)
-    for c in T.serial(query.shape[0] // DOT_LANES):
-        for lane in T.vectorized(DOT_LANES):
-            part[lane] = part[lane] + query[c * DOT_LANES + lane] * T.Cast(
-                "float32", data[layer, 0, kh, slot, c * DOT_LANES + lane])
-    _reduce_partials(part, st)
-
-
-@T.macro
-def _score_int8(query, qsum, st, part, data, scales, layer, kh, slot):
-    _score_float(query, qsum, st, part, data, scales, layer, kh, slot)
-    st[2] = st[2] * T.Cast("float32", scales[layer, 0, kh, slot, 0])
-
-
-@T.macro
-def _score_int4(query, qsum, st, part, data, scales, layer, kh, slot):
-    for lane in T.vectorized(DOT_LANES):
-        part[lane] = T.float32(0)
-    for c in T.serial(query.shape[0] // (2 * DOT_LANES)):
-        for lane in T.vectorized(DOT_LANES):
-            part[lane] = part[lane] \
-                + query[2 * (c * DOT_LANES + lane)] * T.Cast("float32", data[layer, 0, kh, slot, c * DOT_LANES + lane] & T.uint8(15)) \
-                + query[2 * (c * DOT_LANES + lane) + 1] * T.Cast("float32", data[layer, 0, kh, slot, c * DOT_LANES + lane] >> T.uint8(4))
-    _reduce_partials(part, st)
-    st[2] = st[2] * T.Cast("float32", scales[layer, 0, kh, slot, 0]) \
-        + qsum[0] * T.Cast("float32", scales[layer, 0, kh, slot, 1])
-
-
-@T.macro
-def _accumulate_float(acc, p, data, scales, layer, kh, slot):
-    for d in T.vectorized(acc.shape[0]):
-        acc[d] = acc[d] + p * T.Cast("float32", data[layer, 1, kh, slot, d])
-
-
-@T.macro
-def _accumulate_int8(acc, p, data, scales, layer, kh, slot):
-    for d in T.vectorized(acc.shape[0]):
-        acc[d] = acc[d] + p * T.Cast("float32", scales[layer, 1, kh, slot, 0]) * T.Cast(
-            "float32", data[layer, 1, kh, slot, d])
-
-
-@T.macro
-def _accumulate_int4(acc, p, data, scales, layer, kh, slot):
-    for j in T.vectorized(acc.shape[0] // 2):
-        acc[2 * j] = acc[2 * j] + p * (
-            T.Cast("float32", data[layer, 1, kh, slot, j] & T.uint8(15)) * T.Cast("float32", scales[layer, 1, kh, slot, 0])
-            + T.Cast("float32", scales[layer, 1, kh, slot, 1]))
-        acc[2 * j + 1] = acc[2 * j + 1] + p * (
-            T.Cast("float32", data[layer, 1, kh, slot, j] >> T.uint8(4)) * T.Cast("float32", scales[layer, 1, kh, slot, 0])
-            + T.Cast("float32", scales[layer, 1, kh, slot, 1]))
-
-
-_STORE_MACROS = {"f32": _store_float, "f16": _store_float, "int8": _store_int8, "int4": _store_int4}
-_SCORE_MACROS = {"f32": _score_float, "f16": _score_float, "int8": _score_int8, "int4": _score_int4}
-_ACCUMULATE_MACROS = {"f32": _accumulate_float, "f16": _accumulate_float, "int8": _accumulate_int8,
-                      "int4": _accumulate_int4}
