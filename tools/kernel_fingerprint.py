@@ -69,9 +69,12 @@ def kernels(target, scheme, kind, window, sinks, qk_norm, large):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scripts", type=Path, help="also write each distinct kernel's TVMScript here")
+    parser.add_argument("--only", default="", help="only the cases whose name starts so (e.g. vnni/q4)")
     args = parser.parse_args()
     seen = set()
     for case in cases():
+        if not "/".join(map(str, case)).startswith(args.only):
+            continue
         for name, func in kernels(*case):
             script = func.script()
             digest = hashlib.sha256(script.encode()).hexdigest()[:16]
