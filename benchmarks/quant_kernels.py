@@ -1,4 +1,4 @@
-"""Microbenchmark of the quantized linear kernels (compiler/quant.py) against the f32 matmul.
+"""Microbenchmark of the quantized linear kernels (compiler/kernels/packed.py) against the f32 matmul.
 
     python benchmarks/quant_kernels.py [--rounds 9] [--repeat 5] [--shapes 896x896,151936x896]
                                        [--schemes q4,q8,f32] [--rows 1,5] [--path avx2] [--mcpu haswell]
@@ -26,7 +26,8 @@ import tvm
 from tvm.script import tirx as T
 
 import air.devices
-from air.compiler import dense, quant
+from air.compiler.kernels import common, dense, packed, packing
+from air.compiler.kernels.isa import DOT_PATHS, dot_path
 
 SHAPES = [(896, 896), (128, 896), (4864, 896), (896, 4864), (151936, 896)]
 ROOFLINE_GBS = 52.9  # best compiled read loop on this machine, 2 threads (shared/PEERS.md)
@@ -50,7 +51,7 @@ def read_loop(total_bytes: int, tasks: int = 64, prefetch_bytes: int = 2048):
                 for i in T.serial(words // 128):
                     for j in T.unroll(8):
                         if ahead > 0:
-                            quant.prefetch(a, t, i * 128 + j * 16 + ahead)
+                            common.prefetch(a, t, i * 128 + j * 16 + ahead)
                         acc[j, T.ramp(0, 1, 16)] = acc[j, T.ramp(0, 1, 16)] ^ a[t, T.ramp(i * 128 + j * 16, 1, 16)]
                 for j in T.unroll(7):
                     acc[0, T.ramp(0, 1, 16)] = acc[0, T.ramp(0, 1, 16)] ^ acc[j + 1, T.ramp(0, 1, 16)]
@@ -88,22 +89,22 @@ def shape_variants(n, k, schemes, rows, target, path, rng):
     dev = tvm.cpu()
     weight = rng.standard_normal((n, k), dtype=np.float32) * np.float32(0.02)
     x = {m: rng.standard_normal((m, k), dtype=np.float32) for m in rows}
-    xq = {m: [tvm.runtime.tensor(a, dev) for a in quant.quantize_activations(x[m])] for m in rows}
+    xq = {m: [tvm.runtime.tensor(a, dev) for a in packing.quantize_activations(x[m])] for m in rows}
     y = {m: tvm.runtime.empty((m, n), "float32", dev) for m in rows}
     variants = {}
     for scheme in schemes:
         if scheme == "f32":
             module = compile_one(dense.matmul_kernel(n, k, "float32", target), "mm", target)
-            w = tvm.runtime.tensor(dense.pack(weight, "float32"), dev)
+            w = tvm.runtime.tensor(packing.pack_dense(weight, "float32"), dev)
             for m in rows:
                 variants[scheme, m] = Variant(module, "mm", [tvm.runtime.tensor(x[m], dev), w, y[m]], weight.nbytes)
             continue
-        packed = quant.pack(weight, scheme)
-        module = compile_one(quant.matmul_kernel(scheme, n, k, target, path), "mm", target)
+        packed = packing.pack(weight, scheme)
+        module = compile_one(packed.matmul_kernel(scheme, n, k, target, path), "mm", target)
         args = [tvm.runtime.tensor(packed[a], dev) for a in ("qs", "scales")]
         for m in rows:
-            variants[scheme, m] = Variant(module, "mm", [*xq[m], *args, y[m]], quant.packed_bytes(packed))
-    quantizer = compile_one(quant.quantize_kernel(k), "quantize", target)
+            variants[scheme, m] = Variant(module, "mm", [*xq[m], *args, y[m]], packing.packed_bytes(packed))
+    quantizer = compile_one(packed.quantize_kernel(k), "quantize", target)
     for m in rows:
         variants["quantize", m] = Variant(quantizer, "quantize", [tvm.runtime.tensor(x[m], dev), *xq[m]], 0)
     return variants
@@ -158,7 +159,7 @@ def main():
     parser.add_argument("--shapes", default=",".join(f"{n}x{k}" for n, k in SHAPES))
     parser.add_argument("--schemes", default="q4,q8,f32")
     parser.add_argument("--rows", default="1,5")
-    parser.add_argument("--path", choices=list(quant.DOT_PATHS), help="dot product path (default: the target's best)")
+    parser.add_argument("--path", choices=list(DOT_PATHS), help="dot product path (default: the target's best)")
     parser.add_argument("--mcpu", help="compile for this LLVM CPU instead of the host's (it must run here)")
     args = parser.parse_args()
 
@@ -166,7 +167,7 @@ def main():
     if args.mcpu:
         host["mcpu"] = args.mcpu
     target = tvm.target.Target(host)
-    path = args.path or quant.dot_path(target)
+    path = args.path or dot_path(target)
     schemes = args.schemes.split(",")
     rows = [int(m) for m in args.rows.split(",")]
     print(f"target {target}, {path} kernels, "

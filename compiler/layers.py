@@ -1,9 +1,9 @@
 """Linear layers and embedding tables in the recipe's weight format.
 
-  f32, f16   dense weights in tiles of 16 output rows (compiler/dense.py); f16 is widened
+  f32, f16   dense weights in tiles of 16 output rows (kernels/dense.py); f16 is widened
              inside the matmul's loads, never copied
-  q8, q4     packed blocks of 32 (compiler/quant.py): activations quantized per row to int8,
-             integer dot products, dequantization inside the kernel
+  q8, q4     packed blocks of 32 (kernels/layout.py, kernels/packed.py): activations quantized
+             per row to int8, integer dot products, dequantization inside the kernel
 
 The embedding table uses the same format; with tied embeddings the LM head reads the very
 same (packed) tensors, so the table is stored once.
@@ -18,10 +18,11 @@ from typing import NamedTuple
 
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
-from tvm.script import tirx as T
 from tvm.target import Target
 
-from . import dense, quant, row_kernels
+from .kernels import dense, embedding, norms, packed
+from .kernels.layout import BLOCK, SCHEMES, PackedLayout
+from .kernels.packing import DENSE_DTYPES, dense_shape
 
 FORMATS = ("f32", "f16", "q8", "q4")
 
@@ -33,13 +34,13 @@ class WeightFormat:
 
     @property
     def quantized(self) -> bool:
-        return self.scheme in quant.SCHEMES
+        return self.scheme in SCHEMES
 
 
 # Building a kernel parses a TVMScript function (the matmul's is large): once per shape.
 @functools.lru_cache(maxsize=None)
 def _matmul_kernel(scheme: str, n: int, k: int, target: str):
-    return quant.matmul_kernel(scheme, n, k, Target(json.loads(target)))
+    return packed.matmul_kernel(scheme, n, k, Target(json.loads(target)))
 
 
 @functools.lru_cache(maxsize=None)
@@ -47,11 +48,13 @@ def _dense_matmul_kernel(n: int, k: int, dtype: str, target: str):
     return dense.matmul_kernel(n, k, dtype, Target(json.loads(target)))
 
 
-_quantize_kernel = functools.lru_cache(maxsize=None)(quant.quantize_kernel)
+_quantize_kernel = functools.lru_cache(maxsize=None)(packed.quantize_kernel)
+_packed_lookup_kernel = functools.lru_cache(maxsize=None)(embedding.packed_lookup_kernel)
+_dense_lookup_kernel = functools.lru_cache(maxsize=None)(embedding.dense_lookup_kernel)
 
 
 class QuantizedRows(NamedTuple):
-    """Activations quantized per row and 32-block (quant.quantize_block): what the packed
+    """Activations quantized per row and 32-block (packed.quantize_block): what the packed
     formats' matmuls read. Made once per input and shared by the matmuls that read it."""
     xq: nn.Tensor
     xd: nn.Tensor
@@ -65,7 +68,7 @@ def quantize_rows(x: nn.Tensor) -> QuantizedRows:
 
 
 def quantized_rows_placeholders(m, k: int) -> list[nn.Tensor]:
-    blocks = k // quant.BLOCK
+    blocks = k // BLOCK
     return [nn.Tensor.placeholder((m, k // 4), "int32"), nn.Tensor.placeholder((m, blocks), "float32"),
             nn.Tensor.placeholder((m, blocks), "float32")]
 
@@ -83,11 +86,11 @@ class _Matrix(nn.Module):
     def _declare(self, rows: int, cols: int, fmt: WeightFormat) -> None:
         self.rows, self.cols, self.fmt = rows, cols, fmt
         if fmt.quantized:
-            qs_shape, scales_shape = quant.packed_shapes(fmt.scheme, rows, cols)
+            qs_shape, scales_shape = PackedLayout(fmt.scheme, rows, cols).shapes
             self.qs = nn.Parameter(qs_shape, "uint8")
             self.scales = nn.Parameter(scales_shape, "float16")
         else:
-            self.tiles = nn.Parameter(dense.packed_shape(rows, cols), dense.DTYPES[fmt.scheme])
+            self.tiles = nn.Parameter(dense_shape(rows, cols), DENSE_DTYPES[fmt.scheme])
 
     def _times(self, x):
         """x: f32 rows, or (packed formats) rows already quantized by a fused kernel."""
@@ -139,7 +142,7 @@ class Embedding(_Matrix):
 class RMSNorm(nn.Module):
     """RMSNorm writing what the next matmul reads (f32 rows, or QuantizedRows for the packed
     formats; fmt None: always f32). Called with `delta`, it first adds it to the residual
-    stream x and returns (x + delta, normed): one kernel (row_kernels.rms_norm_kernel)."""
+    stream x and returns (x + delta, normed): one kernel (norms.rms_norm_kernel)."""
 
     def __init__(self, width: int, eps: float, fmt: WeightFormat | None):
         self.width, self.eps = width, eps
@@ -148,7 +151,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x, delta=None):
         n = x.shape[0]
-        kernel = row_kernels.rms_norm_kernel(self.width, self.eps, delta is not None, self.quantized)
+        kernel = norms.rms_norm_kernel(self.width, self.eps, delta is not None, self.quantized)
         outputs = (quantized_rows_placeholders(n, self.width) if self.quantized
                    else [nn.Tensor.placeholder((n, self.width), "float32")])
         if delta is None:
@@ -163,7 +166,7 @@ def swiglu(gate_up, fmt: WeightFormat):
     """silu(gate) * up from the fused gate/up output [n, 2 width], in the form the down
     projection reads (one kernel)."""
     n, width = gate_up.shape[0], int(gate_up.shape[1]) // 2
-    kernel = row_kernels.swiglu_kernel(width, fmt.quantized)
+    kernel = norms.swiglu_kernel(width, fmt.quantized)
     if fmt.quantized:
         return QuantizedRows(*op.tensor_ir_op(kernel, "swiglu", [gate_up], quantized_rows_placeholders(n, width)))
     return op.tensor_ir_op(kernel, "swiglu", [gate_up], nn.Tensor.placeholder((n, width), "float32"))
@@ -173,67 +176,8 @@ def head_norms(qkv, q_norm: "RMSNorm", k_norm: "RMSNorm", heads: int, kv_heads: 
     """Qwen3's per-head RMSNorm of the queries and keys in the fused q/k/v output
     [n, heads + 2 kv_heads, head_dim] (one kernel; the values pass through)."""
     n, period, dim = qkv.shape[0], heads + 2 * kv_heads, q_norm.width
-    kernel = row_kernels.head_norm_kernel(heads, kv_heads, dim, q_norm.eps)
+    kernel = norms.head_norm_kernel(heads, kv_heads, dim, q_norm.eps)
     rows = op.reshape(qkv, (n * period, dim))
     normed = op.tensor_ir_op(kernel, "head_norm", [rows, q_norm.weight, k_norm.weight],
                              nn.Tensor.placeholder((n * period, dim), "float32"))
     return op.reshape(normed, (n, period, dim))
-
-
-def _dense_lookup_kernel(vocab: int, width: int, dtype: str):
-    """Rows of a dense table in tiles (dense.pack: row t * width + k holds token 16t + lane's k)."""
-    shape = dense.packed_shape(vocab, width)
-
-    @T.prim_func(private=True, s_tir=True)
-    def embed(var_tokens: T.handle, tiles: T.Buffer(shape, dtype), var_out: T.handle):
-        T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True})  # hand-written: never fused or rescheduled
-        n = T.int64()
-        tokens = T.match_buffer(var_tokens, (n,), "int32")
-        out = T.match_buffer(var_out, (n, width), "float32")
-        for t, i in T.grid(n, width):
-            with T.sblock("embed"):
-                vt, vi = T.axis.remap("SS", [t, i])
-                token: T.let[T.int64] = T.Cast("int64", tokens[vt])
-                out[vt, vi] = T.Cast("float32", tiles[token // 16 * width + vi, token % 16])
-
-    return embed
-
-
-def _packed_lookup_kernel(scheme: str, vocab: int, width: int):
-    """Rows of a packed table (the layout of quant.pack: tiles of 16 rows, blocks of 32, scale
-    groups of SCALE_BLOCKS blocks)."""
-    (rows, qbytes), (scale_rows, nscales) = quant.packed_shapes(scheme, vocab, width)
-    tiles, blocks, chunk, q4 = quant._tiles(vocab), width // quant.BLOCK, quant.CHUNK, scheme == "q4"
-    per = quant.SCALE_BLOCKS[scheme]
-    groups, group_chunk = quant._groups(scheme, blocks), chunk // per
-
-    @T.prim_func(private=True, s_tir=True)
-    def embed(var_tokens: T.handle, qs: T.Buffer((rows, qbytes), "uint8"),
-              scales: T.Buffer((scale_rows, nscales), "float16"), var_out: T.handle):
-        T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True})  # hand-written: never fused or rescheduled
-        n = T.int64()
-        tokens = T.match_buffer(var_tokens, (n,), "int32")
-        out = T.match_buffer(var_out, (n, width), "float32")
-        for t, i in T.grid(n, T.int64(width)):
-            with T.sblock("embed"):
-                vt, vi = T.axis.remap("SS", [t, i])
-                token: T.let[T.int64] = T.Cast("int64", tokens[vt])
-                tile: T.let[T.int64] = token // 16
-                lane: T.let[T.int64] = token % 16
-                b: T.let[T.int64] = vi // 32
-                c: T.let[T.int64] = b // chunk
-                p: T.let[T.int64] = c * chunk * tiles + tile * T.min(T.int64(chunk), blocks - c * chunk) + b % chunk
-                g: T.let[T.int64] = b // per
-                s: T.let[T.int64] = c * group_chunk * tiles \
-                    + tile * T.min(T.int64(group_chunk), groups - c * group_chunk) + g % group_chunk
-                w: T.let[T.int64] = vi % 32
-                if q4:
-                    byte: T.let[T.uint8] = qs[p, 64 * ((w % 16) // 4) + 4 * lane + w % 4]
-                    nibble: T.let[T.uint8] = T.if_then_else(w < 16, byte & T.uint8(15), byte >> T.uint8(4))
-                    out[vt, vi] = T.Cast("float32", nibble) * T.Cast("float32", scales[s, lane]) \
-                        + T.Cast("float32", scales[s, 16 + lane])
-                else:
-                    out[vt, vi] = (T.Cast("float32", qs[p, 64 * (w // 4) + 4 * lane + w % 4]) - T.float32(128)) \
-                        * T.Cast("float32", scales[s, lane])
-
-    return embed

@@ -8,24 +8,24 @@ from __future__ import annotations
 
 from air.errors import AirError
 
-from . import quant
-from .kv_layouts import LANES
+from .kernels.kv_codecs import DOT_LANES
+from .kernels.layout import BLOCK, SCHEMES
 from .spec import DecoderSpec
 
 
 def check_model(source: str, spec: DecoderSpec, scheme: str) -> None:
     """The checkpoint's shapes against the weight format and the KV-cache kernels."""
-    if scheme in quant.SCHEMES:
+    if scheme in SCHEMES:
         widths = {"hidden_size": spec.hidden_size, "intermediate_size": spec.intermediate_size,
                   "num_heads * head_dim": spec.num_heads * spec.head_dim}
-        odd = [f"{name} {value}" for name, value in widths.items() if value % quant.BLOCK]
+        odd = [f"{name} {value}" for name, value in widths.items() if value % BLOCK]
         if odd:
-            raise AirError(f"{source}: {scheme} needs layer widths that are multiples of {quant.BLOCK} "
+            raise AirError(f"{source}: {scheme} needs layer widths that are multiples of {BLOCK} "
                            f"({', '.join(odd)}); use --quantization f16 or f32")
-    # The attention kernels keep LANES partial sums per half of a rotated head.
-    if spec.head_dim % (2 * LANES):
+    # The attention kernels keep DOT_LANES partial sums per half of a rotated head.
+    if spec.head_dim % (2 * DOT_LANES):
         raise AirError(f"{source}: head_dim {spec.head_dim} is not supported by the KV-cache kernels "
-                       f"(a multiple of {2 * LANES} is needed)")
+                       f"(a multiple of {2 * DOT_LANES} is needed)")
 
 
 def check_kv_cache(recipe_name: str, context: int, sinks: int, window: int) -> None:

@@ -3,7 +3,7 @@
 Parameter names follow the Hugging Face checkpoints (tensor_map.py lists each one's sources).
 The exported functions prefill, decode and verify (signature: runtime/contract.py's
 function_inputs) share one forward pass. Each writes the new keys and values into the
-runtime's cache tensors in place, through the KV layout's kernels (kv_layouts.py).
+runtime's cache tensors in place, through the KV layout's kernels (kernels/attention.py).
 """
 
 from __future__ import annotations
@@ -11,10 +11,11 @@ from __future__ import annotations
 from tvm import tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
-from tvm.script import tirx as T
 
 from air.runtime.contract import FUNCTIONS, function_inputs
 
+from .kernels.attention import append_kernel, attention_kernel
+from .kernels.embedding import last_row_kernel
 from .kv_layouts import KVLayout
 from .layers import Embedding, Linear, RMSNorm, WeightFormat, head_norms, swiglu
 from .spec import DecoderSpec
@@ -45,28 +46,14 @@ class Attention(nn.Module):
         data, scales = cache
         # RoPE is applied inside the cache kernels (keys on append, queries in attention).
         cache = op.tensor_ir_inplace_op(
-            kv.append_kernel(), "kv_append", [qkv, inv_freq, data, scales, start_pos, layer_index], [2, 3],
+            append_kernel(kv), "kv_append", [qkv, inv_freq, data, scales, start_pos, layer_index], [2, 3],
             [nn.Tensor.placeholder(data.shape, data.dtype), nn.Tensor.placeholder(scales.shape, scales.dtype)],
         )
         attended = op.tensor_ir_op(
-            kv.attention_kernel(), "kv_attention", [qkv, inv_freq, *cache, start_pos, layer_index],
+            attention_kernel(kv), "kv_attention", [qkv, inv_freq, *cache, start_pos, layer_index],
             nn.Tensor.placeholder((n, s.num_heads, s.head_dim), "float32"),
         )
         return self.o_proj(op.reshape(attended, (n, s.num_heads * s.head_dim))), cache
-
-
-def _last_row_kernel(width: int):
-    @T.prim_func(private=True, s_tir=True)
-    def last_row(var_x: T.handle, out: T.Buffer((1, width), "float32")):
-        T.func_attr({"op_pattern": 8, "tirx.is_scheduled": True})  # hand-written: never fused or rescheduled
-        n = T.int64()
-        x = T.match_buffer(var_x, (n, width), "float32")
-        for i in range(width):
-            with T.sblock("last_row"):
-                vi = T.axis.spatial(width, i)
-                out[0, vi] = x[n - 1, vi]
-
-    return last_row
 
 
 class MLP(nn.Module):
@@ -134,7 +121,7 @@ class CausalLM(nn.Module):
     # The arguments are contract.function_inputs' (only tensors, so TVM RPC can call them).
     def prefill(self, tokens, cache_data, cache_scales, start):
         x, delta = self._residual(tokens, (cache_data, cache_scales), start)
-        last_row = _last_row_kernel(self.spec.hidden_size)
+        last_row = last_row_kernel(self.spec.hidden_size)
         width = self.spec.hidden_size
         x, delta = (op.tensor_ir_op(last_row, "last_row", [t], nn.Tensor.placeholder((1, width), "float32"))
                     for t in (x, delta))

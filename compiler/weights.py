@@ -2,7 +2,7 @@
 
 tensor_map.py says which checkpoint tensors each parameter is made from. A vector (norm,
 bias) is its sources stacked and cast to the parameter's dtype; a matrix becomes the
-layer's "tiles" (dense formats, dense.pack) or "qs" and "scales" (quantized, quant.pack).
+layer's "tiles" (dense formats, packing.pack_dense) or "qs" and "scales" (quantized, packing.pack).
 """
 
 from __future__ import annotations
@@ -14,7 +14,8 @@ from safetensors.numpy import save_file
 
 from air.errors import AirError
 
-from . import dense, quant
+from .kernels import packing
+from .kernels.layout import SCHEMES
 from .checkpoint import Checkpoint
 from .rope import inverse_frequencies
 from .tensor_map import Sources, TensorMap
@@ -74,6 +75,6 @@ def _read(ckpt: Checkpoint, sources: list[str], dtype) -> np.ndarray:
 
 
 def _pack(weight: np.ndarray, scheme: str) -> dict[str, np.ndarray]:
-    if scheme in quant.SCHEMES:
-        return quant.pack(weight, scheme)
-    return {"tiles": dense.pack(weight, dense.DTYPES[scheme])}
+    if scheme in SCHEMES:
+        return packing.pack(weight, scheme)
+    return {"tiles": packing.pack_dense(weight, packing.DENSE_DTYPES[scheme])}

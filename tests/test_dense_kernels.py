@@ -1,4 +1,4 @@
-"""The dense (f32 / f16) matmul kernel (compiler/dense.py): packing, results against numpy,
+"""The dense (f32 / f16) matmul kernel (compiler/kernels/dense.py): packing, results against numpy,
 and identical bits for a row whatever the number of rows beside it (decode == verify)."""
 
 import functools
@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 import tvm
 
-from air.compiler import dense
+from air.compiler.kernels import dense, packing
 from air.devices import host_device
 
 HOST = tvm.target.Target(host_device().tvm_target)
 AVX2 = tvm.target.Target({**host_device().tvm_target, "mcpu": "haswell"}) if host_device().arch == "x86_64" else None
-# N not a multiple of the 16-row tile, odd K; a weight past dense.SERIAL_BYTES in f16 and f32
+# N not a multiple of the 16-row tile, odd K; a weight past dense.SERIAL_WEIGHT_BYTES in f16 and f32
 # (the parallel split; the small one splits too past dense.SERIAL_ROWS rows). ROWS past
 # dense.SERIAL_ROWS take tiles in pairs: 120 rows are 8 tiles, 4 per task on 2 cores, the
 # partial last one in a pair; 4104 rows are 257 tiles, one left alone.
 SHAPES = [(120, 97), (4104, 544)]
-assert 4104 * 544 * 2 > dense.SERIAL_BYTES
+assert 4104 * 544 * 2 > dense.SERIAL_WEIGHT_BYTES
 ROWS = [1, 2, 3, 4, 5, 7, 8, 9, 17, 40]
 
 
@@ -37,9 +37,9 @@ def run(lib, tiles, x, n):
 @pytest.mark.parametrize("n,k", SHAPES)
 def test_pack_round_trips(n, k):
     w = np.random.default_rng(0).standard_normal((n, k)).astype(np.float32)
-    tiles = dense.pack(w, "float32")
-    assert tiles.shape == dense.packed_shape(n, k)
-    np.testing.assert_array_equal(dense.unpack(tiles, n, k), w)
+    tiles = packing.pack_dense(w, "float32")
+    assert tiles.shape == packing.dense_shape(n, k)
+    np.testing.assert_array_equal(packing.unpack_dense(tiles, n, k), w)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
@@ -47,7 +47,7 @@ def test_pack_round_trips(n, k):
 def test_matmul_matches_numpy_and_rows_are_independent(dtype, n, k):
     rng = np.random.default_rng(1)
     w = rng.standard_normal((n, k)).astype(np.float32)
-    tiles = dense.pack(w, dtype)
+    tiles = packing.pack_dense(w, dtype)
     x = rng.standard_normal((max(ROWS), k)).astype(np.float32)
     lib = compiled(dtype)
     reference = x.astype(np.float64) @ tiles.astype(np.float64).reshape(-1, k, 16).transpose(0, 2, 1).reshape(-1, k)[:n].T
@@ -62,7 +62,7 @@ def test_matmul_matches_numpy_and_rows_are_independent(dtype, n, k):
 def test_avx2_build_agrees():
     n, k = SHAPES[0]
     rng = np.random.default_rng(2)
-    tiles = dense.pack(rng.standard_normal((n, k)), "float32")
+    tiles = packing.pack_dense(rng.standard_normal((n, k)), "float32")
     x = rng.standard_normal((5, k)).astype(np.float32)
     np.testing.assert_allclose(run(compiled("float32", AVX2), tiles, x, n), run(compiled("float32"), tiles, x, n),
                                rtol=1e-5, atol=1e-5)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tvm
 
-from air.compiler import kv_layouts
+from air.compiler.kernels import attention
 from air.compiler.kv_layouts import KVLayout
 from air.runtime.contract import KV_DTYPES
 from air.compiler.spec import spec_from_config
@@ -19,8 +19,8 @@ LAYER = 1
 
 def compile_kernels(layout):
     mod = tvm.IRModule({
-        "append": layout.append_kernel().with_attr("global_symbol", "append"),
-        "attend": layout.attention_kernel().with_attr("global_symbol", "attend"),
+        "append": attention.append_kernel(layout).with_attr("global_symbol", "append"),
+        "attend": attention.attention_kernel(layout).with_attr("global_symbol", "attend"),
     })
     return tvm.compile(mod, target=tvm.target.Target(host_device().tvm_target))
 
@@ -127,13 +127,13 @@ def run_sequence(lib, layout, chunks, seed=3):
 @pytest.mark.parametrize("kind", ["f32", "int4"])
 @pytest.mark.parametrize("windowed", [False, True])
 def test_parallel_kernels_match_the_serial_ones(kind, windowed, monkeypatch):
-    """Small calls run on the calling thread (below SERIAL_TASKS / SERIAL_VISITS): forced onto
+    """Small calls run on the calling thread (below SERIAL_APPENDS / SERIAL_VISITS): forced onto
     the parallel branch, the same calls give the same bits."""
     layout = KVLayout(SPEC, kind, max_context=128, sinks=3 if windowed else 0, window=20 if windowed else 0, slack=8)
     chunks = [5, 1, 8, 8, 8, 8, 8, 1, 6]  # windowed: 53 positions through a 3 + 28 slot cache
     serial = run_sequence(compile_kernels(layout), layout, chunks)
-    monkeypatch.setattr(kv_layouts, "SERIAL_TASKS", 0)
-    monkeypatch.setattr(kv_layouts, "SERIAL_VISITS", 0)
+    monkeypatch.setattr(attention, "SERIAL_APPENDS", 0)
+    monkeypatch.setattr(attention, "SERIAL_VISITS", 0)
     parallel = run_sequence(compile_kernels(layout), layout, chunks)
     for a, b in zip(serial, parallel):
         np.testing.assert_array_equal(a, b)

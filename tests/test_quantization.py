@@ -10,9 +10,9 @@ import tvm
 
 from checkpoints import make_checkpoint
 
-from air.compiler import quant
+from air.compiler.kernels import packing
 from air.compiler.build import compile_bundle
-from air.compiler.layers import _packed_lookup_kernel
+from air.compiler.kernels.embedding import packed_lookup_kernel
 from air.compiler.recipe import load_recipe
 from air.runtime import Bundle
 from air.devices import host_device
@@ -64,13 +64,13 @@ def test_tied_table_is_stored_once(formats):
 def test_packed_embedding_lookup_matches_dequantize(scheme):
     vocab, width = 40, 96
     table = np.random.default_rng(1).normal(0, 1, (vocab, width)).astype(np.float32)
-    packed = quant.pack(table, scheme)
-    kernel = _packed_lookup_kernel(scheme, vocab, width).with_attr("global_symbol", "embed")
+    packed = packing.pack(table, scheme)
+    kernel = packed_lookup_kernel(scheme, vocab, width).with_attr("global_symbol", "embed")
     lib = tvm.compile(tvm.IRModule({"embed": kernel}), target=tvm.target.Target(host_device().tvm_target))
     tokens = np.array([0, 17, 39, 16, 15], dtype=np.int32)
     out = tvm.runtime.tensor(np.zeros((len(tokens), width), np.float32))
     lib["embed"](tvm.runtime.tensor(tokens), tvm.runtime.tensor(packed["qs"]), tvm.runtime.tensor(packed["scales"]), out)
-    expected = quant.dequantize(packed, scheme, vocab, width)[tokens]
+    expected = packing.dequantize(packed, scheme, vocab, width)[tokens]
     np.testing.assert_allclose(out.numpy(), expected, rtol=1e-6, atol=1e-6)
 
 

@@ -1,4 +1,4 @@
-"""The fused row kernels (compiler/row_kernels.py): RMSNorm with and without the residual add,
+"""The fused row kernels (compiler/norms.py): RMSNorm with and without the residual add,
 SwiGLU, each writing f32 rows or int8 blocks, and the per-head norm of the fused q/k/v output,
 against numpy; rows independent of their count."""
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tvm
 
-from air.compiler import quant, row_kernels
+from air.compiler.kernels import norms, packing
 from air.devices import host_device
 
 HOST = tvm.target.Target(host_device().tvm_target)
@@ -42,9 +42,9 @@ def test_rms_norm_and_residual_add(n):
     rng = np.random.default_rng(n)
     x, delta = rng.standard_normal((2, n, WIDTH)).astype(np.float32) * 3
     w = rng.random(WIDTH).astype(np.float32)
-    (y,) = call(row_kernels.rms_norm_kernel(WIDTH, EPS, False, False), [x, w], [((n, WIDTH), "float32")])
+    (y,) = call(norms.rms_norm_kernel(WIDTH, EPS, False, False), [x, w], [((n, WIDTH), "float32")])
     np.testing.assert_allclose(y, rms_norm(x, w), rtol=2e-6, atol=2e-6)
-    total, y = call(row_kernels.rms_norm_kernel(WIDTH, EPS, True, False), [x, delta, w], [((n, WIDTH), "float32")] * 2)
+    total, y = call(norms.rms_norm_kernel(WIDTH, EPS, True, False), [x, delta, w], [((n, WIDTH), "float32")] * 2)
     np.testing.assert_array_equal(total, x + delta)
     np.testing.assert_allclose(y, rms_norm(x + delta, w), rtol=2e-6, atol=2e-6)
 
@@ -54,9 +54,9 @@ def test_rms_norm_writes_the_matmul_int8_blocks(n):
     rng = np.random.default_rng(n)
     x, delta = rng.standard_normal((2, n, QWIDTH)).astype(np.float32)
     w = rng.random(QWIDTH).astype(np.float32) + 0.5
-    total, xq, xd, xs = call(row_kernels.rms_norm_kernel(QWIDTH, EPS, True, True), [x, delta, w],
+    total, xq, xd, xs = call(norms.rms_norm_kernel(QWIDTH, EPS, True, True), [x, delta, w],
                              [((n, QWIDTH), "float32"), *quantized(QWIDTH, n)])
-    want_q, want_d, want_s = quant.quantize_activations(rms_norm(x + delta, w))
+    want_q, want_d, want_s = packing.quantize_activations(rms_norm(x + delta, w))
     # The kernel's f32 norm may differ from numpy's in the last bit, moving a rare value across a rounding edge.
     assert (xq.view(np.int8) != want_q.view(np.int8)).mean() < 0.01
     np.testing.assert_allclose(xd, want_d, rtol=1e-5)
@@ -68,13 +68,13 @@ def test_swiglu(n):
     rng = np.random.default_rng(n)
     gate = rng.standard_normal((n, WIDTH)).astype(np.float32) * 6  # far into both tails of exp
     up = rng.standard_normal((n, WIDTH)).astype(np.float32)
-    (y,) = call(row_kernels.swiglu_kernel(WIDTH, False), [np.concatenate([gate, up], axis=1)], [((n, WIDTH), "float32")])
+    (y,) = call(norms.swiglu_kernel(WIDTH, False), [np.concatenate([gate, up], axis=1)], [((n, WIDTH), "float32")])
     g = gate.astype(np.float64)
     want = g / (1 + np.exp(-g)) * up
     np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
     qgate, qup = gate[:, :QWIDTH], up[:, :QWIDTH]
-    xq, xd, _ = call(row_kernels.swiglu_kernel(QWIDTH, True), [np.concatenate([qgate, qup], axis=1)], quantized(QWIDTH, n))
-    want_q, want_d, _ = quant.quantize_activations(want[:, :QWIDTH].astype(np.float32))
+    xq, xd, _ = call(norms.swiglu_kernel(QWIDTH, True), [np.concatenate([qgate, qup], axis=1)], quantized(QWIDTH, n))
+    want_q, want_d, _ = packing.quantize_activations(want[:, :QWIDTH].astype(np.float32))
     assert (xq.view(np.int8) != want_q.view(np.int8)).mean() < 0.01
     np.testing.assert_allclose(xd, want_d, rtol=1e-5)
 
@@ -83,7 +83,7 @@ def test_rows_do_not_depend_on_how_many_run_together():
     rng = np.random.default_rng(7)
     x, delta = rng.standard_normal((2, 9, QWIDTH)).astype(np.float32)
     w = rng.random(QWIDTH).astype(np.float32)
-    kernel = row_kernels.rms_norm_kernel(QWIDTH, EPS, True, True)
+    kernel = norms.rms_norm_kernel(QWIDTH, EPS, True, True)
     shapes = lambda n: [((n, QWIDTH), "float32"), *quantized(QWIDTH, n)]  # noqa: E731
     together = call(kernel, [x, delta, w], shapes(9))
     for i in (0, 4, 8):
@@ -99,7 +99,7 @@ def test_head_norm_normalizes_query_and_key_heads_only(n):
     qkv = rng.standard_normal((n, heads + 2 * kv_heads, dim)).astype(np.float32) * 2
     q_weight, k_weight = rng.random((2, dim)).astype(np.float32) + 0.5
     rows = qkv.reshape(-1, dim)
-    (y,) = call(row_kernels.head_norm_kernel(heads, kv_heads, dim, EPS), [rows, q_weight, k_weight],
+    (y,) = call(norms.head_norm_kernel(heads, kv_heads, dim, EPS), [rows, q_weight, k_weight],
                 [(rows.shape, "float32")])
     y = y.reshape(qkv.shape)
     np.testing.assert_allclose(y[:, :heads], rms_norm(qkv[:, :heads], q_weight), rtol=2e-6, atol=2e-6)

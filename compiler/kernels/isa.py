@@ -1,0 +1,106 @@
+"""4-byte integer dot products per CPU: the new dot[r] (TILE int32 lanes, one per weight row)
+is dot[r] plus the 4 weight bytes of each lane in w times the 4 signed activation bytes in `word`.
+
+  vnni     AVX-512 VNNI: one vpdpbusd per 64 weight bytes (16 output rows x 4 k)
+  avx512   AVX-512BW without VNNI: vpmaddubsw + vpmaddwd
+  avx2     AVX2: the same on 256-bit halves
+  sdot     AArch64 with the dot product extension: four sdot per 64 bytes
+  generic  any LLVM target: widening multiplies (slow)
+All paths give the same integers.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple
+
+from tvm.script import tirx as T
+from tvm.target import Target, codegen
+
+from .common import TILE
+
+
+class DotPath(NamedTuple):
+    rows: int  # activation rows per group: accumulators and weight operands fit the register file
+    signed: bool  # weights as signed bytes (q8 used as q, not q + 128)
+    dot4: Callable[[bool], Callable]  # q4 -> dot4(dot, w, r, word)
+
+
+def dot_path(target: Target) -> str:
+    """How the target computes 4-byte dot products, best first (see DOT_PATHS)."""
+    def has(*features):
+        return bool(codegen.llvm_cpu_has_features(list(features), target))
+
+    if has("avx512vnni", "avx512bw"):
+        return "vnni"
+    if has("avx512bw"):
+        return "avx512"
+    if has("avx2"):
+        return "avx2"
+    if has("dotprod"):
+        return "sdot"
+    return "generic"
+
+
+def _vnni_dot4(dot, w, r, word):
+    """AVX-512 VNNI: one vpdpbusd (unsigned weight bytes x signed activation bytes)."""
+    return T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", dot[r, T.ramp(0, 1, TILE)],
+                                   T.reinterpret("int8x64", w[T.ramp(0, 1, 64)]),
+                                   T.reinterpret("int8x64", T.Broadcast(word, TILE)))
+
+
+def _maddubs_dot4(width: int, q4: bool):
+    """AVX2 / AVX-512BW: pmaddubsw (u8 x s8 pairs -> i16) then pmaddwd by ones (pairs -> i32).
+
+    pmaddubsw takes unsigned first operands and saturates pairs at int16. q4 weights (0..15) go
+    first as they are (a pair is at most 2 * 15 * 127); for q8 (w holds q, signed) the operands
+    are |x| and q with the sign of x, so a pair is at most 2 * 127 * 127."""
+    pmaddubs, pmaddwd = {32: ("llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd"),
+                         64: ("llvm.x86.avx512.pmaddubs.w.512", "llvm.x86.avx512.pmaddw.d.512")}[width]
+    lanes = width // 4
+
+    def dot4(dot, w, r, word):
+        x = T.reinterpret(f"int8x{width}", T.Broadcast(word, lanes))
+        zero = T.Broadcast(T.int8(0), width)
+        parts = []
+        for h in range(64 // width):
+            q = T.reinterpret(f"int8x{width}", w[T.ramp(h * width, 1, width)])
+            pairs = T.call_llvm_pure_intrin(f"int16x{width // 2}", pmaddubs, q, x) if q4 else \
+                T.call_llvm_pure_intrin(f"int16x{width // 2}", pmaddubs, T.abs(x), T.Select(x < zero, zero - q, q))
+            parts.append(T.call_llvm_pure_intrin(f"int32x{lanes}", pmaddwd, pairs, T.Broadcast(T.int16(1), width // 2)))
+        return dot[r, T.ramp(0, 1, TILE)] + _concat(parts)
+
+    return dot4
+
+
+def _sdot_dot4(dot, w, r, word):
+    """AArch64 dot product extension: four sdot (signed x signed, 4 lanes each)."""
+    x = T.reinterpret("int8x16", T.Broadcast(word, 4))
+    return _concat([T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.sdot", dot[r, T.ramp(h * 4, 1, 4)],
+                                            T.reinterpret("int8x16", w[T.ramp(h * 16, 1, 16)]), x)
+                    for h in range(4)])
+
+
+def _generic_dot4(dot, w, r, word):
+    """Plain widening multiplies: any LLVM target (slow; the others are preferred)."""
+    total = dot[r, T.ramp(0, 1, TILE)]
+    for c in range(4):
+        total = total + T.Cast("int32x16", w[T.ramp(c, 4, TILE)]) \
+            * T.Broadcast(T.shift_right(T.shift_left(word, 24 - 8 * c), 24), TILE)
+    return total
+
+
+def _concat(parts):
+    """One vector of the 16 lanes of equal parts, in order."""
+    if len(parts) == 1:
+        return parts[0]
+    return T.Shuffle(parts, [T.int32(i) for i in range(TILE)])
+
+
+# Row counts: 32 zmm for AVX-512, 16 ymm for AVX2, 32 q registers for NEON (16 lanes take 4).
+DOT_PATHS = {
+    "vnni": DotPath(8, False, lambda q4: _vnni_dot4),
+    "avx512": DotPath(8, True, lambda q4: _maddubs_dot4(64, q4)),
+    "avx2": DotPath(2, True, lambda q4: _maddubs_dot4(32, q4)),
+    "sdot": DotPath(3, True, lambda q4: _sdot_dot4),
+    "generic": DotPath(2, False, lambda q4: _generic_dot4),
+}
