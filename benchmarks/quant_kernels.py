@@ -99,11 +99,11 @@ def shape_variants(n, k, schemes, rows, target, path, rng):
             for m in rows:
                 variants[scheme, m] = Variant(module, "mm", [tvm.runtime.tensor(x[m], dev), w, y[m]], weight.nbytes)
             continue
-        packed = packing.pack(weight, scheme)
+        arrays = packing.pack(weight, scheme)
         module = compile_one(packed.matmul_kernel(scheme, n, k, target, path), "mm", target)
-        args = [tvm.runtime.tensor(packed[a], dev) for a in ("qs", "scales")]
+        args = [tvm.runtime.tensor(arrays[a], dev) for a in ("qs", "scales")]
         for m in rows:
-            variants[scheme, m] = Variant(module, "mm", [*xq[m], *args, y[m]], packing.packed_bytes(packed))
+            variants[scheme, m] = Variant(module, "mm", [*xq[m], *args, y[m]], packing.packed_bytes(arrays))
     quantizer = compile_one(packed.quantize_kernel(k), "quantize", target)
     for m in rows:
         variants["quantize", m] = Variant(quantizer, "quantize", [tvm.runtime.tensor(x[m], dev), *xq[m]], 0)

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 from tokenizers import Tokenizer
 
-from checkpoints import load_reference, make_checkpoint
+from checkpoints import make_checkpoint
 from gguf_files import write_gguf
 
 from air.compiler.checkpoint import load_checkpoint
