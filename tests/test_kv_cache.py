@@ -17,10 +17,10 @@ SPEC = spec_from_config({"architectures": ["LlamaForCausalLM"], "vocab_size": 16
 LAYER = 1
 
 
-def compile_kernels(layout):
+def compile_kernels(layout, serial_appends=attention.SERIAL_APPENDS, serial_visits=attention.SERIAL_VISITS):
     mod = tvm.IRModule({
-        "append": attention.append_kernel(layout).with_attr("global_symbol", "append"),
-        "attend": attention.attention_kernel(layout).with_attr("global_symbol", "attend"),
+        "append": attention.append_kernel(layout, serial_appends).with_attr("global_symbol", "append"),
+        "attend": attention.attention_kernel(layout, serial_visits).with_attr("global_symbol", "attend"),
     })
     return tvm.compile(mod, target=tvm.target.Target(host_device().tvm_target))
 
@@ -126,15 +126,13 @@ def run_sequence(lib, layout, chunks, seed=3):
 
 @pytest.mark.parametrize("kind", ["f32", "int4"])
 @pytest.mark.parametrize("windowed", [False, True])
-def test_parallel_kernels_match_the_serial_ones(kind, windowed, monkeypatch):
+def test_parallel_kernels_match_the_serial_ones(kind, windowed):
     """Small calls run on the calling thread (below SERIAL_APPENDS / SERIAL_VISITS): forced onto
     the parallel branch, the same calls give the same bits."""
     layout = KVLayout(SPEC, kind, max_context=128, sinks=3 if windowed else 0, window=20 if windowed else 0, slack=8)
     chunks = [5, 1, 8, 8, 8, 8, 8, 1, 6]  # windowed: 53 positions through a 3 + 28 slot cache
     serial = run_sequence(compile_kernels(layout), layout, chunks)
-    monkeypatch.setattr(attention, "SERIAL_APPENDS", 0)
-    monkeypatch.setattr(attention, "SERIAL_VISITS", 0)
-    parallel = run_sequence(compile_kernels(layout), layout, chunks)
+    parallel = run_sequence(compile_kernels(layout, serial_appends=0, serial_visits=0), layout, chunks)
     for a, b in zip(serial, parallel):
         np.testing.assert_array_equal(a, b)
 
@@ -142,6 +140,6 @@ def test_parallel_kernels_match_the_serial_ones(kind, windowed, monkeypatch):
 @pytest.mark.parametrize("kind, ratio", [("f32", 2.0), ("int8", (32 + 2) / 64), ("int4", (16 + 4) / 64)])
 def test_bytes_per_token_against_f16(kind, ratio):
     """head_dim 32: int8 stores 32 bytes + a 2-byte scale, int4 16 bytes + scale and minimum."""
-    f16 = KVLayout(SPEC, "f16", 128).bytes_per_token
+    f16 = KVLayout(SPEC, "f16", 128).cache_spec().bytes_per_token
     assert f16 == SPEC.num_layers * 2 * SPEC.num_kv_heads * SPEC.head_dim * 2
-    assert KVLayout(SPEC, kind, 128).bytes_per_token / f16 == pytest.approx(ratio)
+    assert KVLayout(SPEC, kind, 128).cache_spec().bytes_per_token / f16 == pytest.approx(ratio)

@@ -27,7 +27,7 @@ SERIAL_APPENDS = 16  # (token, kv head) pairs appended
 SERIAL_VISITS = 1024  # (query, head, cached position) triples attended
 
 
-def append_kernel(layout):
+def append_kernel(layout, serial_appends: int = SERIAL_APPENDS):
     """Rotate the new keys, quantize keys and values, store them at their slots. The keys
     and values are heads [heads, heads + kv_heads) and [heads + kv_heads, heads + 2 kv_heads)
     of the fused q/k/v projection's output [n, heads + 2 kv_heads, head_dim]."""
@@ -71,13 +71,13 @@ def append_kernel(layout):
         data = T.match_buffer(var_data, (layers, 2, kv_heads, capacity, packed), storage)
         sc = T.meta_var(scale_shape(capacity))
         scales = T.match_buffer(var_scales, sc, "float16")
-        serial_or_parallel(n * kv_heads <= SERIAL_APPENDS, n, n, append_token,
+        serial_or_parallel(n * kv_heads <= serial_appends, n, n, append_token,
                            (capacity, sc, qkv, inv_freq, data, scales, start, layer))
 
     return kv_append
 
 
-def attention_kernel(layout):
+def attention_kernel(layout, serial_visits: int = SERIAL_VISITS):
     """Causal attention of n new queries (un-rotated: heads [0, heads) of the fused q/k/v
     projection's output) over the cache, online softmax.
 
@@ -188,7 +188,7 @@ def attention_kernel(layout):
         rope = T.alloc_buffer((n, 2, half), "float32")  # each new position's cos and sin, for every head
         for t in T.serial(n):
             rope_table(rope, t, start[0] + t, inv_freq, half)
-        serial_or_parallel(n * heads * (start[0] + n) <= SERIAL_VISITS, n * heads, n * heads, attend_one,
+        serial_or_parallel(n * heads * (start[0] + n) <= serial_visits, n * heads, n * heads, attend_one,
                            (n, capacity, sc, q, rope, inv_freq, data, scales, start, layer, out))
 
     return kv_attention
