@@ -67,8 +67,3 @@ def windowed_chat(pair, tmp_path_factory):
     compile_bundle(str(pair["target"]), None, recipe, bundle, quiet=True)
     return bundle
 
-
-def cli_env(**extra) -> dict:
-    env = dict(os.environ)
-    env.update(extra)
-    return env

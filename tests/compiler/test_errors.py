@@ -12,14 +12,11 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from checkpoints import make_checkpoint
-
-
-def run(*args, cwd=None, **kwargs):
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, cwd=cwd, timeout=300, **kwargs)
+from helpers import air_run, run_module
 
 
 def build(*args, cwd=None):
-    return run("air.compiler", "compile", *args, cwd=cwd)
+    return run_module("air.compiler", "compile", *args, cwd=cwd)
 
 
 def assert_one_line_error(result, *fragments):
@@ -179,17 +176,13 @@ def bundle_copy(pair, tmp_path):
     return copy
 
 
-def air_run(bundle, *args):
-    return run("air.runtime", str(bundle), *args)
-
-
 def test_tampered_library_is_refused(bundle_copy):
     library = bundle_copy / "target" / "model.so"
     data = bytearray(library.read_bytes())
     data[len(data) // 2] ^= 0xFF
     library.write_bytes(bytes(data))
     assert_one_line_error(air_run(bundle_copy, "--prompt-ids", "1,2,3"), "target/model.so", "sha256")
-    assert_one_line_error(run("air.compiler", "inspect", str(bundle_copy)), "target/model.so")
+    assert_one_line_error(run_module("air.compiler", "inspect", str(bundle_copy)), "target/model.so")
 
 
 def test_truncated_weights_are_refused(bundle_copy):

@@ -1,19 +1,14 @@
 """Static routing: calibration, the table, the lookup, --explain, and memory classes."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 
 from air.compiler.routing import MAX_K, acceptance_by_k, build_table, draft_run_lengths
 from air.runtime import Bundle
+from helpers import air_run
 from air.runtime.routing import TIERS, ModelCosts, StepCosts
 
-
-def air_run(bundle, *args):
-    return subprocess.run([sys.executable, "-m", "air.runtime", str(bundle), *args], capture_output=True,
-                          text=True, timeout=300)
 
 
 def fake_measurements(acceptance_per_token: float, draft_cost: float = 0.1) -> dict:

@@ -9,9 +9,9 @@ import pytest
 import tvm
 
 from air.compiler.kernels import norms, packing
-from air.devices import host_device
+from helpers import host_target
 
-HOST = tvm.target.Target(host_device().tvm_target)
+HOST = host_target()
 WIDTH = 96 + 8  # not a multiple of the 16-lane vectors: the scalar tail runs too
 QWIDTH = 96  # quantized outputs need whole 32-blocks
 EPS = 1e-6

@@ -9,9 +9,10 @@ import tvm
 
 from air.compiler.kernels import dense, packing
 from air.devices import host_device
+from helpers import host_target
 
-HOST = tvm.target.Target(host_device().tvm_target)
-AVX2 = tvm.target.Target({**host_device().tvm_target, "mcpu": "haswell"}) if host_device().arch == "x86_64" else None
+HOST = host_target()
+AVX2 = host_target(mcpu="haswell") if host_device().arch == "x86_64" else None
 # N not a multiple of the 16-row tile, odd K; a weight past dense.SERIAL_WEIGHT_BYTES in f16 and f32
 # (the parallel split; the small one splits too past dense.SERIAL_ROWS rows). ROWS past
 # dense.SERIAL_ROWS take tiles in pairs: 120 rows are 8 tiles, 4 per task on 2 cores, the

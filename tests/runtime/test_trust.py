@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 
 from checkpoints import make_checkpoint
+from helpers import RUNTIME_ONLY
 
 from air.compiler.build import compile_bundle
 from air.compiler.recipe import load_recipe
 from air.runtime.manifest import read_manifest, verify_files
 
-HERE = Path(__file__).parent
 
 
 def air_build(*args):
@@ -30,7 +30,7 @@ def air_build(*args):
 
 def device_run(bundle, *args, env=None):
     """air-run as on a device (compiler unimportable); stderr ends saying whether a model.so got mapped."""
-    return subprocess.run([sys.executable, str(HERE / "runtime_only.py"), str(bundle), *args],
+    return subprocess.run([sys.executable, str(RUNTIME_ONLY), str(bundle), *args],
                           capture_output=True, text=True, timeout=300, env=env)
 
 
@@ -414,7 +414,7 @@ def test_full_disk_gives_one_line_and_no_partial_folder(pair, tmp_path, small_di
     else:  # the next-best real mechanism without mount rights: the kernel's file size limit
         disk = tmp_path
         largest = max(r["size"] for r in read_manifest(pair["bundle"])["files"].values())
-        result = subprocess.run([sys.executable, str(HERE / "runtime_only.py"), str(archive), *PROMPT],
+        result = subprocess.run([sys.executable, str(RUNTIME_ONLY), str(archive), *PROMPT],
                                 capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(largest // 2))
         assert_refused(result, "File too large", "nothing was unpacked")
     assert sorted(p.name for p in disk.iterdir() if "pair" in p.name) == [".pair.bundle.lock", "pair.air"]

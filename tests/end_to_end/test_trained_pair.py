@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,8 +12,9 @@ import torch.nn.functional as F
 
 transformers = pytest.importorskip("transformers")
 from tokenizers import Tokenizer  # noqa: E402
+from helpers import REPO
 
-PAIR = Path(__file__).resolve().parent.parent / "models" / "pair"
+PAIR = REPO / "models" / "pair"
 FILES = ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"]
 
 

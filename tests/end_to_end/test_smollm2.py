@@ -10,7 +10,9 @@ import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "tools"))
+from helpers import REPO
+
+sys.path.insert(0, str(REPO / "tools"))
 from get_smollm2 import smollm2_gguf  # noqa: E402
 
 from air.compiler.checkpoint import load_checkpoint  # noqa: E402

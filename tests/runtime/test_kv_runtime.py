@@ -2,8 +2,6 @@
 the window in fixed memory, quantized caches close to the f32 one."""
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -13,6 +11,7 @@ from checkpoints import make_checkpoint
 from air.compiler.build import compile_bundle
 from air.compiler.recipe import load_recipe
 from air.runtime import Bundle
+from helpers import air_run
 
 
 @pytest.fixture(scope="module")
@@ -29,10 +28,6 @@ def layouts(tmp_path_factory):
         bundles[name] = root / name
     return bundles
 
-
-def air_run(bundle, *args):
-    return subprocess.run([sys.executable, "-m", "air.runtime", str(bundle), *args], capture_output=True,
-                          text=True, timeout=300)
 
 
 def test_manifest_states_kv_bytes(layouts):

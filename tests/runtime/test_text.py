@@ -1,14 +1,14 @@
 """Streaming detokenization (runtime/text.py): the deltas add up to the full decode, for a
 byte-level tokenizer and a sentencepiece-style one, and each push decodes a bounded window."""
 
-from pathlib import Path
 
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from air.runtime.text import TextStream
+from helpers import REPO
 
-PAIR_TOKENIZER = Path(__file__).parent.parent / "models" / "pair" / "target" / "tokenizer.json"
+PAIR_TOKENIZER = REPO / "models" / "pair" / "target" / "tokenizer.json"
 TEXT = ("def read_config(path):\n    \"\"\"Read a naïve café's settings: 日本語, emoji 🙂🚀.\"\"\"\n"
         "    with open(path) as f:\n        return {k: v for k, v in (line.split('=') for line in f)}\n")
 

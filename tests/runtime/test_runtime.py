@@ -3,17 +3,15 @@
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 
-from conftest import cli_env
+from helpers import RUNTIME_ONLY, cli_env
 
 from air.cpu_features import usable_cores
 from air.runtime import Bundle
 from air.runtime.sampling import probabilities
 
-HERE = Path(__file__).parent
 
 
 def run_json(command, bundle, *args):
@@ -24,7 +22,7 @@ def run_json(command, bundle, *args):
 
 def test_runtime_works_without_the_compiler(pair):
     """Blocks air.compiler and tvm.relax and checks the compiler library never loads."""
-    out, err = run_json([sys.executable, str(HERE / "runtime_only.py")], pair["bundle"],
+    out, err = run_json([sys.executable, str(RUNTIME_ONLY)], pair["bundle"],
                         "--prompt", "def fibonacci(n):", "--max-tokens", "12")
     assert "tvm compiler library loaded: False" in err
     direct = Bundle.load(pair["bundle"]).generate(prompt="def fibonacci(n):", max_tokens=12)

@@ -14,8 +14,9 @@ from air.compiler.kernels import packed, packing
 from air.compiler.kernels.isa import DOT_PATHS, dot_path
 from air.compiler.kernels.layout import SCHEMES, PackedLayout
 from air.devices import host_device
+from helpers import host_target
 
-HOST = tvm.target.Target(host_device().tvm_target)
+HOST = host_target()
 X86 = platform.machine() == "x86_64"
 # N not a multiple of the 16-row tile; K of 3 blocks, and of 34 (two chunks of K, see layout.K_CHUNK).
 SHAPES = [(72, 96), (40, 1088)]

@@ -15,8 +15,8 @@ from checkpoints import make_checkpoint
 from air.compiler.build import compile_bundle
 from air.compiler.recipe import load_recipe
 from air.runtime import Bundle
+from helpers import REPO
 
-REPO = Path(__file__).resolve().parent.parent
 BOARD_SCRIPT = REPO / "tools" / "arm-board.sh"
 BOARD_PACKAGES = ("apache-tvm==0.27.0.post1 apache-tvm-ffi==0.1.14.post1 numpy ml_dtypes pyyaml click "
                   "typing_extensions psutil cloudpickle tokenizers safetensors")
