@@ -74,3 +74,12 @@ def test_copied_weights_of_an_unaligned_file_give_the_same_tokens(pair, tmp_path
     assert SafetensorsFile(copy / relpath).data_start % ALIGNMENT != 0
     args = dict(prompt="def fibonacci(n):", max_tokens=12, speculate=2)
     assert Bundle.load(copy).generate(**args).tokens == Bundle.load(pair["bundle"]).generate(**args).tokens
+
+
+def test_a_request_loads_only_the_models_it_runs(pair):
+    bundle = Bundle.load(pair["bundle"])
+    assert not bundle._models  # nothing loaded before a request
+    bundle.generate(prompt_ids=[5, 6, 7], max_tokens=4, speculate=0)
+    assert set(bundle._models) == {"target"}
+    bundle.generate(prompt_ids=[5, 6, 7], max_tokens=4, speculate=2)
+    assert set(bundle._models) == {"target", "draft"}
