@@ -10,9 +10,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from safetensors.numpy import save_file
+from safetensors.numpy import save
 
 from air.errors import AirError
+from air.runtime.tensor_file import write_aligned
 
 from .kernels import packing
 from .kernels.layout import SCHEMES
@@ -59,7 +60,7 @@ def write_weights(ckpt: Checkpoint, named_params, mapping: TensorMap, scheme: st
             else:
                 array = _read(ckpt, sources, None)
         tensors[name] = np.ascontiguousarray(array, dtype=param.dtype)
-    save_file(tensors, str(path))
+    write_aligned(path, save(tensors))
     return sum(a.nbytes for a in tensors.values())
 
 

@@ -10,6 +10,7 @@ import click
 
 from air.errors import AirError
 from .options import explanation, generation_options, load_bundle, trust_options
+from .startup import import_tvm
 
 SUBCOMMANDS = {"chat": "air.runtime.chat_cli", "serve": "air.runtime.serve_cli"}
 
@@ -18,6 +19,8 @@ class _RunCommand(click.Command):
     """`air-run BUNDLE ...`, or `air-run chat|serve BUNDLE ...` (a bundle folder of such a name: ./chat)."""
 
     def main(self, args=None, prog_name=None, **extra):
+        if args is None:  # this process is air-run: TVM's runtime only
+            import_tvm()
         args = list(sys.argv[1:] if args is None else args)
         if args and args[0] in SUBCOMMANDS:
             import importlib

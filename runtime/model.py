@@ -16,7 +16,7 @@ from tvm.runtime.vm import VirtualMachine
 from air.errors import AirError
 from .contract import call_arguments
 from .manifest import kv_spec
-from .tensor_file import SafetensorsFile
+from .tensor_file import ALIGNMENT, SafetensorsFile
 
 _REUSED_LENGTHS = 16  # token tensors kept for calls of up to this many tokens (decode, verify)
 
@@ -149,4 +149,12 @@ def _load_params(path: Path, names: list[str], device) -> list:
     missing = [n for n in names if n not in file.entries]
     if missing:
         raise AirError(f"{path}: weights lack '{missing[0]}'")
-    return [tvm.runtime.tensor(np.ascontiguousarray(file.read(name)), device) for name in names]
+    return [_tensor(file.read(name), device) for name in names]
+
+
+def _tensor(array: np.ndarray, device):
+    """A TVM tensor over the array's own memory (the weights file's mapped pages) where TVM accepts
+    it: contiguous, writable (copy-on-write) and aligned; else a copy."""
+    if array.flags.c_contiguous and array.flags.writeable and array.ctypes.data % ALIGNMENT == 0:
+        return tvm.runtime.from_dlpack(array)
+    return tvm.runtime.tensor(np.ascontiguousarray(array), device)

@@ -1,0 +1,34 @@
+"""Import TVM the way a device has it: the runtime library only, without optional extras.
+
+air-run calls this first, before anything imports tvm. On a workstation that also has the
+compiler installed, a plain `import tvm` loads the compiler library, and tvm_ffi imports torch
+(interop) and ml_dtypes (bfloat16 and float8 numpy types) when they are installed: seconds,
+and 1,600 more modules. air-run needs none of them: its tensors are f32, f16, int8 and uint8.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+HIDDEN = ("torch", "ml_dtypes")
+
+
+def import_tvm() -> None:
+    """Import tvm runtime-only with HIDDEN unimportable meanwhile, unless this process imported tvm already."""
+    if "tvm" in sys.modules:
+        return
+    saved = os.environ.get("TVM_USE_RUNTIME_LIB")
+    os.environ["TVM_USE_RUNTIME_LIB"] = "1"  # read once, while tvm loads its libraries
+    hidden = [name for name in HIDDEN if name not in sys.modules]
+    for name in hidden:
+        sys.modules[name] = None  # makes tvm_ffi's optional `import name` fail at once
+    try:
+        import tvm  # noqa: F401
+    finally:
+        for name in hidden:
+            del sys.modules[name]
+        if saved is None:
+            del os.environ["TVM_USE_RUNTIME_LIB"]
+        else:
+            os.environ["TVM_USE_RUNTIME_LIB"] = saved
