@@ -12,7 +12,7 @@ import dataclasses
 
 from .bundle import Bundle, GenerationResult
 from .chat_template import ChatTemplate
-from .model import UNBOUNDED
+from .contract import UNBOUNDED
 from .session import Session
 
 
