@@ -203,3 +203,38 @@ def test_cli_speculates_by_lookup_without_a_draft(alone):
     assert "forced by --speculate 4 --proposer lookup" in spec.stderr
     refused = _air_run(alone, "--prompt-ids", ids, "--speculate", 4, "--proposer", "draft")
     assert refused.returncode == 2 and refused.stderr.startswith("air-run: error: ") and "no draft model" in refused.stderr
+
+
+def test_chat_speculates_by_lookup(alone):
+    lines = "def fibonacci(n):\nand again: def fibonacci(n):\n"
+    turns = {}
+    for args in ((), ("--speculate", "3", "--proposer", "lookup")):
+        result = subprocess.run([sys.executable, "-m", "air.runtime", "chat", str(alone), "--json", "--max-tokens", "16",
+                                 *args], input=lines, capture_output=True, text=True, env=cli_env(), timeout=300)
+        assert result.returncode == 0, result.stderr
+        turns[args] = [json.loads(line) for line in result.stdout.splitlines()]
+    plain, spec = turns.values()
+    assert [t["tokens"] for t in spec] == [t["tokens"] for t in plain]
+    assert all(t["stats"]["proposer"] == "lookup" for t in spec)
+    assert spec[1]["stats"]["reused_tokens"] > 0  # the session's caches still carry over between turns
+
+
+def test_server_takes_air_proposer(alone):
+    import httpx
+    import openai
+    from test_server import serving
+
+    with serving(alone) as base:
+        api = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=120)
+        name = json.loads((alone / "manifest.json").read_text())["name"]
+        request = dict(model=name, prompt=REPEATING, max_tokens=16, temperature=0)
+        plain = api.completions.create(**request, extra_body={"air_speculate": 0})
+        spec = api.completions.create(**request, extra_body={"air_speculate": 3, "air_proposer": "lookup"})
+        assert spec.choices[0].text == plain.choices[0].text
+        stats = spec.model_extra["air"]["stats"]
+        assert stats["proposer"] == "lookup" and stats["lookup_accepted"] > 0
+        bad = httpx.post(f"{base}/v1/completions", json={**request, "air_speculate": 3, "air_proposer": "oracle"}, timeout=30)
+        assert bad.status_code == 400 and "'air_proposer'" in bad.json()["error"]["message"]
+        missing = httpx.post(f"{base}/v1/completions", json={**request, "air_speculate": 3, "air_proposer": "draft"},
+                             timeout=30)
+        assert missing.status_code == 400 and "no draft model" in missing.json()["error"]["message"]
