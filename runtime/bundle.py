@@ -202,7 +202,11 @@ class Bundle:
         return self.target, None, 0, route
 
     def _proposer(self, name: str) -> DraftProposer | LookupProposer:
-        return DraftProposer(self.draft) if name == "draft" else LookupProposer()
+        if name == "lookup":
+            return LookupProposer()
+        if "draft" not in self.manifest["models"]:
+            raise AirError(f"{self.root}: bundle has no draft model to speculate with (--proposer lookup needs none)")
+        return DraftProposer(self.draft)
 
     def generate(
         self,
