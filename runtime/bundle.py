@@ -20,11 +20,12 @@ from air.errors import AirError
 
 from .archive import is_archive, unpack
 from .manifest import kv_spec, read_manifest, verify_files
+from .generation import DraftProposer, LookupProposer
 from .model import CompiledModel
 from .signing import read_signature
 from .trust import Trust
 from .verified import VerificationCache
-from .routing import Route, lookup, memory_class
+from .routing import PROPOSERS, Route, lookup, memory_class
 from .text import load_tokenizer
 
 
@@ -178,22 +179,34 @@ class Bundle:
             return Route("no routing table", path, 0, kv, None, "the bundle has no routing table: target alone")
         return lookup(self.routing, quality, prompt_tokens, max_tokens, mem)
 
-    def _plan(self, ids: list[int], max_tokens: int, quality: str, speculate: int | None):
-        """(model, draft, k, route) for this request: forced by `speculate`, else routed."""
+    def _plan(self, ids: list[int], max_tokens: int, quality: str, speculate: int | None, proposer: str = "draft"):
+        """(model, proposer, k, route) for this request: forced by `speculate` (k tokens from
+        `proposer` per target pass), else routed; proposer None: the model alone."""
+        if proposer not in PROPOSERS:
+            raise AirError(f"unknown proposer '{proposer}' (known: {', '.join(PROPOSERS)})")
         context = len(ids) + max_tokens + 1
         if speculate is not None:
-            roles = ("target", "draft") if speculate > 0 else ("target",)
+            roles = ("target", "draft") if speculate > 0 and proposer == "draft" else ("target",)
             if not self._fits(context + speculate, roles):
                 self._refuse_memory(context + speculate, roles)
-            return self.target, (self.draft if speculate > 0 else None), speculate, None
+            if speculate == 0:
+                return self.target, None, 0, None
+            return self.target, self._proposer(proposer), speculate, None
         route = self.route(len(ids), max_tokens, quality)
         if route.path == "refuse":
             self._refuse_memory(context, ("target",))
         if route.path == "draft":
             return self.draft, None, 0, route
-        if route.path == "speculative":
-            return self.target, self.draft, route.k, route
+        if route.path in ("speculative", "lookup"):
+            return self.target, self._proposer("draft" if route.path == "speculative" else "lookup"), route.k, route
         return self.target, None, 0, route
+
+    def _proposer(self, name: str) -> DraftProposer | LookupProposer:
+        if name == "lookup":
+            return LookupProposer()
+        if "draft" not in self.manifest["models"]:
+            raise AirError(f"{self.root}: bundle has no draft model to speculate with (--proposer lookup needs none)")
+        return DraftProposer(self.draft)
 
     def generate(
         self,
@@ -206,9 +219,11 @@ class Bundle:
         speculate: int | None = None,
         quality: str = "balanced",
         on_text: Callable[[str], None] | None = None,
+        proposer: str = "draft",
     ) -> GenerationResult:
-        """Generate up to max_tokens. speculate=k > 0: the draft proposes k tokens per target
-        pass; 0: the target alone; None: the routing table chooses for the quality tier."""
+        """Generate up to max_tokens. speculate=k > 0: the proposer ("draft": the draft model;
+        "lookup": n-gram lookup in the text so far, no draft needed) proposes up to k tokens per
+        target pass; 0: the target alone; None: the routing table chooses for the quality tier."""
         if (prompt is None) == (prompt_ids is None):
             raise AirError("give exactly one of a prompt text or prompt token ids")
         if speculate is not None and speculate < 0:
@@ -216,4 +231,5 @@ class Bundle:
         ids = self.encode(prompt) if prompt is not None else list(prompt_ids)
         from .session import Session
 
-        return Session(self).generate(ids, max_tokens, temperature, top_p, seed, speculate, quality, on_text)
+        return Session(self).generate(ids, max_tokens, temperature, top_p, seed, speculate, quality, on_text,
+                                      proposer=proposer)

@@ -26,7 +26,7 @@ HELP = "/reset starts the conversation again, /stats shows the last turn's count
 @click.option("--ignore-eos", is_flag=True, help="Answer until --max-tokens, past end-of-sequence tokens.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per turn instead of streaming text.")
 @trust_options
-def main(bundle, system, max_tokens, temperature, top_p, seed, speculate, quality, explain, memory_budget,
+def main(bundle, system, max_tokens, temperature, top_p, seed, speculate, proposer, quality, explain, memory_budget,
          threads, ignore_eos, as_json, trusted, rehash):
     """Chat with a compiled BUNDLE (multi-turn, the caches kept across turns)."""
     try:
@@ -38,7 +38,7 @@ def main(bundle, system, max_tokens, temperature, top_p, seed, speculate, qualit
         click.echo(f"air-run: error: {e}", err=True)
         sys.exit(2)
     options = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, speculate=speculate,
-                   quality=quality, ignore_eos=ignore_eos)
+                   proposer=proposer, quality=quality, ignore_eos=ignore_eos)
     loop = _Loop(chat, options, as_json, explain, speculate)
     try:
         loop.terminal() if sys.stdin.isatty() and not as_json else loop.lines()

@@ -44,7 +44,7 @@ def _parse_ids(text: str) -> list[int]:
 @generation_options
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object (tokens, text, stats) instead of streaming text.")
 @trust_options
-def main(bundle, prompt, prompt_ids, max_tokens, temperature, top_p, seed, speculate, quality, explain,
+def main(bundle, prompt, prompt_ids, max_tokens, temperature, top_p, seed, speculate, proposer, quality, explain,
          memory_budget, threads, as_json, trusted, rehash):
     """Generate text with a compiled BUNDLE.
 
@@ -57,7 +57,7 @@ def main(bundle, prompt, prompt_ids, max_tokens, temperature, top_p, seed, specu
         on_text = None if as_json else (lambda delta: (sys.stdout.write(delta), sys.stdout.flush()))
         result = loaded.generate(prompt=prompt, prompt_ids=ids, max_tokens=max_tokens, temperature=temperature,
                                  top_p=top_p, seed=seed, speculate=speculate, quality=quality,
-                                 on_text=on_text)
+                                 on_text=on_text, proposer=proposer)
     except AirError as e:
         click.echo(f"air-run: error: {e}", err=True)
         sys.exit(2)
@@ -73,11 +73,12 @@ def main(bundle, prompt, prompt_ids, max_tokens, temperature, top_p, seed, specu
     else:
         sys.stdout.write("\n")
         stats = result.stats
+        who = stats.get("proposer")
         click.echo(
             f"[{stats['generated_tokens']} tokens, prefill {stats['prefill_tokens_per_second']} tok/s, "
             f"decode {stats['decode_tokens_per_second']} tok/s, first token {stats['time_to_first_token_seconds']:.3f}s, "
             f"finish: {result.finish_reason}"
-            + (f", accepted {stats['draft_accepted']}/{stats['draft_proposed']} draft tokens, "
+            + (f", accepted {stats[who + '_accepted']}/{stats[who + '_proposed']} {who} tokens, "
                f"{stats['tokens_per_target_pass']} tokens per target pass" if stats["speculate"] else "") + "]",
             err=True,
         )

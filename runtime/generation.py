@@ -1,14 +1,16 @@
-"""The decoding loop: target alone, or speculative with a draft proposing k tokens.
+"""The decoding loop: target alone, or speculative with a proposer suggesting up to k tokens:
+a draft model (DraftProposer) or a lookup in the text so far (LookupProposer, no second model).
 
-Invariant between rounds: both caches hold every committed token except the newest one,
-`last`, which the next round feeds first (the draft may lag by one more token after a fully
-accepted round; `draft_behind` lists what it still has to read). A round:
-  1. the draft reads `draft_behind` and proposes k tokens (k - 1 more decode steps);
-  2. the target reads [last, proposals] in one verify pass: k + 1 rows of logits;
+Invariant between rounds: the target's cache holds every committed token except the newest
+one, `last`, which the next round feeds first (the draft's cache may lag by one more token
+after a fully accepted round; `DraftProposer.behind` lists what it still has to read). A round:
+  1. the proposer suggests up to k tokens (none: the round is a plain decode);
+  2. the target reads [last, proposals] in one verify pass: one more row of logits than proposals;
   3. the longest agreeing prefix is kept plus one target token (the correction, or the bonus
-     after a fully accepted run); both caches roll back by a length change.
+     after a fully accepted run); the caches roll back by a length change.
 Greedy output is token-identical to the target alone; with sampling, rejection sampling
-(Leviathan et al. 2023; Chen et al. 2023) keeps the target's distribution exactly.
+(Leviathan et al. 2023; Chen et al. 2023) keeps the target's distribution exactly; a lookup's
+proposal is a point mass (q(x) = 1).
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import dataclasses
 import time
 from typing import Callable
 
+import numpy as np
+
+from .lookup import NgramLookup
 from .model import CompiledModel
-from .sampling import Sampler
+from .sampling import Sampler, point_mass
 
 
 @dataclasses.dataclass
@@ -40,10 +45,85 @@ class Counters:
         return result
 
 
+def fill(model: CompiledModel, prompt: list[int], keep: int, context: int, counters: Counters, which: str) -> None:
+    """Bring the cache to prompt[:-1]: keep its first `keep` positions, prefill the rest."""
+    if keep:
+        model.rollback(keep)
+        model.reserve(context)
+    else:
+        model.reset(context)
+    if len(prompt) - 1 > keep:
+        counters.timed(which, model.prefill, prompt[keep:-1])
+
+
+class DraftProposer:
+    """A draft model proposes: it decodes ahead of the target and rolls back what was rejected."""
+
+    name = "draft"
+
+    def __init__(self, model: CompiledModel):
+        self.model = model
+        self.behind: list[int] = []  # committed tokens its cache has not read yet
+
+    def start(self, prompt: list[int], keep: int, context: int, counters: Counters) -> None:
+        fill(self.model, prompt, keep, context, counters, "draft")
+        self.behind = [prompt[-1]]
+
+    def room(self) -> int:
+        return self.model.max_context - self.model.length - len(self.behind) + 1
+
+    def propose(self, n: int, sampler: Sampler, counters: Counters) -> tuple[list[int], list[np.ndarray] | None]:
+        """n tokens and, when sampling, the distribution each was drawn from."""
+        draft = self.model
+        self.base = draft.length
+        feed = draft.decode if len(self.behind) == 1 else draft.prefill
+        logits = counters.timed("draft", feed, self.behind[0] if len(self.behind) == 1 else self.behind)
+        proposals, probs = [], None if sampler.greedy else []
+        for i in range(n):
+            if sampler.greedy:
+                token = int(logits.argmax())  # the method: np.argmax's dispatch costs 0.7 us more
+            else:
+                probs.append(sampler.distribution(logits))
+                token = sampler.draw(probs[-1])
+            proposals.append(token)
+            if i < n - 1:
+                logits = counters.timed("draft", draft.decode, token)
+        return proposals, probs
+
+    def commit(self, proposals: list[int], committed: list[int]) -> None:
+        if not proposals:
+            self.behind = self.behind + committed
+            return
+        accepted = len(committed) - 1
+        in_draft = min(accepted, len(proposals) - 1)  # the last proposal was never fed to the draft
+        self.model.rollback(self.base + len(self.behind) + in_draft)
+        self.behind = proposals[in_draft:accepted] + committed[-1:]
+
+
+class LookupProposer:
+    """The text so far proposes (NgramLookup): no second model, no cache of its own."""
+
+    name = "lookup"
+    model = None  # the model a proposer runs, as DraftProposer.model
+
+    def start(self, prompt: list[int], keep: int, context: int, counters: Counters) -> None:
+        self.table = NgramLookup(prompt)
+
+    def room(self) -> int:
+        return 1 << 30
+
+    def propose(self, n: int, sampler: Sampler, counters: Counters) -> tuple[list[int], None]:
+        return self.table.propose(n), None  # None: each proposal is a point mass
+
+    def commit(self, proposals: list[int], committed: list[int]) -> None:
+        self.table.extend(committed)
+
+
 class Generator:
-    def __init__(self, target: CompiledModel, draft: CompiledModel | None, sampler: Sampler, eos_ids: set[int]):
+    def __init__(self, target: CompiledModel, proposer: DraftProposer | LookupProposer | None, sampler: Sampler,
+                 eos_ids: set[int]):
         self.target = target
-        self.draft = draft
+        self.proposer = proposer
         self.sampler = sampler
         self.eos_ids = eos_ids
         self.counters = Counters()
@@ -55,18 +135,18 @@ class Generator:
         Afterwards `sequence` is the prompt and every committed token: each cache holds its first
         `length` tokens."""
         counters = self.counters = Counters()
-        speculate = k > 0 and self.draft is not None
+        proposer = self.proposer if k > 0 else None
         started = time.perf_counter()
         context = len(prompt) + max_tokens + k + 1
         self.sequence = list(prompt)
-        self._fill("target", self.target, prompt, kept[0], context)
-        if speculate:
-            self._fill("draft", self.draft, prompt, kept[1], context)
+        fill(self.target, prompt, kept[0], context, counters, "target")
+        if proposer is not None:
+            proposer.start(prompt, kept[1], context, counters)
         prefill_done = time.perf_counter()
         counters.draft_seconds = counters.target_seconds = 0.0
 
         out: list[int] = []
-        last, draft_behind = prompt[-1], [prompt[-1]]
+        last = prompt[-1]
         first_token_at = None
         finish = None
         while finish is None:
@@ -74,19 +154,21 @@ class Generator:
                 finish = "cancelled"
                 break
             room = self.target.max_context - self.target.length - 1  # slots after `last`
-            if speculate:
-                room = min(room, self.draft.max_context - self.draft.length - len(draft_behind) + 1)
+            if proposer is not None:
+                room = min(room, proposer.room())
             if room < 0:
                 finish = "context"
                 break
-            draft_len = min(k, room, max_tokens - len(out) - 1) if speculate else 0
-            if draft_len > 0:
-                committed, draft_behind = self._speculative_round(last, draft_behind, draft_len)
+            wanted = min(k, room, max_tokens - len(out) - 1) if proposer is not None else 0
+            proposals, probs = proposer.propose(wanted, self.sampler, counters) if wanted > 0 else ([], None)
+            if proposals:
+                committed = self._verify(last, proposals, probs)
             else:
                 logits = counters.timed("target", self.target.decode, last)
                 counters.target_passes += 1
                 committed = [self.sampler.pick(logits)]
-                draft_behind = draft_behind + committed
+            if proposer is not None:
+                proposer.commit(proposals, committed)
             self.sequence += committed
             for token in committed:
                 if first_token_at is None:
@@ -102,39 +184,16 @@ class Generator:
             last = committed[-1]
         ended = time.perf_counter()
         return out, finish, self._stats(prompt, out, started, prefill_done, first_token_at or ended, ended,
-                                        k if speculate else 0, kept[0])
+                                        k if proposer is not None else 0, kept[0])
 
-    def _fill(self, which: str, model: CompiledModel, prompt: list[int], keep: int, context: int) -> None:
-        """Bring the cache to prompt[:-1]: keep its first `keep` positions, prefill the rest."""
-        if keep:
-            model.rollback(keep)
-            model.reserve(context)
-        else:
-            model.reset(context)
-        if len(prompt) - 1 > keep:
-            self.counters.timed(which, model.prefill, prompt[keep:-1])
-
-    def _speculative_round(self, last: int, draft_behind: list[int], draft_len: int):
-        counters, sampler, draft = self.counters, self.sampler, self.draft
-        draft_base = draft.length
-        feed = draft.decode if len(draft_behind) == 1 else draft.prefill
-        logits = counters.timed("draft", feed, draft_behind[0] if len(draft_behind) == 1 else draft_behind)
-        proposals, draft_probs = [], []
-        for i in range(draft_len):
-            if sampler.greedy:
-                token = int(logits.argmax())  # the method: np.argmax's dispatch costs 0.7 us more
-            else:
-                probs = sampler.distribution(logits)
-                token = sampler.draw(probs)
-                draft_probs.append(probs)
-            proposals.append(token)
-            if i < draft_len - 1:
-                logits = counters.timed("draft", draft.decode, token)
-
+    def _verify(self, last: int, proposals: list[int], probs: list[np.ndarray] | None) -> list[int]:
+        """The target's verdict on the proposals (probs: the proposer's distributions; None
+        for point masses): the accepted prefix plus one target token."""
+        counters, sampler = self.counters, self.sampler
         target_base = self.target.length
         rows = counters.timed("target", self.target.verify, [last, *proposals])
         counters.target_passes += 1
-        counters.proposed += draft_len
+        counters.proposed += len(proposals)
 
         accepted, correction = 0, None
         best = rows.argmax(axis=1).tolist() if sampler.greedy else None  # one call for every row
@@ -144,19 +203,18 @@ class Generator:
                     correction = best[i]
                     break
             else:
-                probs = sampler.distribution(rows[i])
-                if not sampler.accepts(probs[token], draft_probs[i][token]):
-                    correction = sampler.residual(probs, draft_probs[i])
+                target_probs = sampler.distribution(rows[i])
+                q = probs[i] if probs is not None else None
+                if not sampler.accepts(target_probs[token], 1.0 if q is None else q[token]):
+                    q = point_mass(token, len(target_probs)) if q is None else q
+                    correction = sampler.residual(target_probs, q)
                     break
             accepted += 1
         if correction is None:
-            correction = sampler.pick(rows[draft_len])  # the bonus token
+            correction = sampler.pick(rows[len(proposals)])  # the bonus token
         counters.accepted += accepted
-
         self.target.rollback(target_base + 1 + accepted)
-        in_draft = min(accepted, draft_len - 1)
-        draft.rollback(draft_base + len(draft_behind) + in_draft)
-        return proposals[:accepted] + [correction], proposals[in_draft:accepted] + [correction]
+        return proposals[:accepted] + [correction]
 
     def _stats(self, prompt, out, started, prefill_done, first_token_at, ended, k, reused) -> dict:
         c = self.counters
@@ -181,9 +239,11 @@ class Generator:
             "host_seconds": round(max(generation - c.target_seconds - c.draft_seconds, 0.0), 6),
         }
         if k:
+            name = self.proposer.name
             stats.update({
-                "draft_proposed": c.proposed,
-                "draft_accepted": c.accepted,
+                "proposer": name,
+                f"{name}_proposed": c.proposed,
+                f"{name}_accepted": c.accepted,
                 "acceptance_rate": round(c.accepted / c.proposed, 4) if c.proposed else None,
             })
         return stats

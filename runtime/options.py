@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from .routing import TIERS
+from .routing import PROPOSERS, TIERS
 
 _OPTIONS = [
     click.option("--max-tokens", type=click.IntRange(min=1), default=64, show_default=True, help="Tokens to generate at most."),
@@ -12,7 +12,10 @@ _OPTIONS = [
     click.option("--top-p", type=click.FloatRange(min=0.0, max=1.0, min_open=True), default=1.0, show_default=True),
     click.option("--seed", type=int, default=None, help="Seed for sampling (reproducible output)."),
     click.option("--speculate", type=click.IntRange(min=0, max=16), default=None,
-                 help="Force the draft length per target pass (0: the target alone). Default: the routing table decides."),
+                 help="Force the tokens proposed per target pass (0: the target alone). Default: the routing table decides."),
+    click.option("--proposer", type=click.Choice(PROPOSERS), default="draft", show_default=True,
+                 help="What proposes the --speculate tokens: the draft model, or a lookup of the text so far "
+                      "(the prompt and the output; no draft model needed)."),
     click.option("--quality", type=click.Choice(TIERS), default="balanced", show_default=True,
                  help="Quality tier for routing: exact never serves draft-only output; fast may."),
     click.option("--explain", is_flag=True, help="Say which routing row served the request and why."),
@@ -59,9 +62,10 @@ def load_bundle(path: str, threads, memory_budget, trusted: tuple[str, ...], reh
 def explanation(result, speculate) -> str:
     measured = result.stats["decode_tokens_per_second"]
     if result.route is None:
-        return f"route: forced by --speculate {speculate}; measured {measured} tokens/s"
+        by = f" --proposer {result.stats['proposer']}" if result.stats.get("proposer") else ""
+        return f"route: forced by --speculate {speculate}{by}; measured {measured} tokens/s"
     r = result.route
-    path = f"speculative k={r.k}" if r.path == "speculative" else f"{r.path} alone"
+    path = f"{r.path} k={r.k}" if r.path in ("speculative", "lookup") else f"{r.path} alone"
     expected = f"{r.expected_tokens_per_second} tokens/s" if r.expected_tokens_per_second else "n/a"
     return (f"route: row '{r.key}' -> {path}, KV {r.kv}; expected {expected}, measured {measured} tokens/s\n"
             f"why: {r.reason}")

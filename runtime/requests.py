@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from .routing import TIERS
+from .routing import PROPOSERS, TIERS
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
 
@@ -33,6 +33,7 @@ class Request:
     include_usage: bool
     quality: str | None  # extension: the routing tier
     speculate: int | None  # extension: a forced draft length
+    proposer: str | None  # extension: what proposes the speculate tokens (PROPOSERS)
     ignore_eos: bool  # extension (as vLLM names it): generate past end-of-sequence tokens
 
 
@@ -112,5 +113,6 @@ def parse_request(raw: bytes, chat: bool) -> Request:
         include_usage=_field(options, "include_usage", (bool,), False, need="true or false"),
         quality=_field(body, "air_quality", (str,), need=f"one of {', '.join(TIERS)}", check=lambda v: v in TIERS),
         speculate=_field(body, "air_speculate", (int,), need="an integer from 0 to 16", check=lambda v: 0 <= v <= 16),
+        proposer=_field(body, "air_proposer", (str,), need=f"one of {', '.join(PROPOSERS)}", check=lambda v: v in PROPOSERS),
         ignore_eos=_field(body, "ignore_eos", (bool,), False, need="true or false"),
     )

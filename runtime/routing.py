@@ -3,7 +3,7 @@
 A row is keyed by the request class (quality tier, prompt-length bucket, generation-length
 bucket) and the memory class (which paths fit the memory budget), and names the path that
 serves it: "target" (target alone), "draft" (draft alone), "speculative" with k draft
-tokens, or "refuse". air-build fills the table from measurements (compiler/routing.py);
+tokens, "lookup" with k tokens looked up in the text so far (no draft model), or "refuse". air-build fills the table from measurements (compiler/routing.py);
 air-run looks the row up.
 """
 
@@ -19,6 +19,8 @@ PROMPT_BUCKETS = (64, 512)
 GENERATION_BUCKETS = (32, 256)
 # Which models fit the memory budget for this request.
 MEMORY_CLASSES = ("both", "target", "draft", "none")
+PATHS = ("target", "draft", "speculative", "lookup", "refuse")
+PROPOSERS = ("draft", "lookup")  # what proposes a speculative round's tokens (paths speculative, lookup)
 ROUTING_FILE = "routing.json"
 
 
@@ -40,7 +42,7 @@ def row_key(tier: str, prompt_tokens: int, max_tokens: int, memory_class: str) -
 @dataclasses.dataclass(frozen=True)
 class Route:
     key: str
-    path: str  # target | draft | speculative | refuse
+    path: str  # one of PATHS
     k: int
     kv: str
     expected_tokens_per_second: float | None
@@ -105,5 +107,7 @@ def lookup(table: dict, tier: str, prompt_tokens: int, max_tokens: int, mem_clas
     row = table["rows"].get(key)
     if row is None:
         raise AirError(f"routing table has no row '{key}'")
+    if row["path"] not in PATHS:
+        raise AirError(f"routing table row '{key}' names an unknown path '{row['path']}' (known: {', '.join(PATHS)})")
     return Route(key=key, path=row["path"], k=row["k"], kv=row["kv"],
                  expected_tokens_per_second=row.get("expected_tokens_per_second"), reason=row["reason"])

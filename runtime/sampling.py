@@ -24,6 +24,13 @@ def probabilities(logits: np.ndarray, temperature: float, top_p: float) -> np.nd
     return probs
 
 
+def point_mass(token: int, size: int) -> np.ndarray:
+    """The distribution of a proposal made without probabilities (a lookup's): all on `token`."""
+    probs = np.zeros(size)
+    probs[token] = 1.0
+    return probs
+
+
 @dataclasses.dataclass
 class Sampler:
     temperature: float = 0.0
@@ -55,7 +62,8 @@ class Sampler:
         return self.rng.random() * draft_prob < target_prob
 
     def residual(self, target_probs: np.ndarray, draft_probs: np.ndarray) -> int:
-        """After a rejection, draw from norm(max(0, p - q)): together exact for p."""
+        """After a rejection, draw from norm(max(0, p - q)): together exact for p (for a point
+        mass q on x: p without x, renormalised)."""
         rest = np.maximum(target_probs - draft_probs, 0.0)
         total = rest.sum()
         return self.draw(rest if total > 0 else target_probs)

@@ -21,7 +21,7 @@ SERVE_PACKAGES = ("starlette", "uvicorn", "jinja2")
               help="Requests that may wait while one generates; more get a 429.")
 @generation_options
 @trust_options
-def main(bundle, host, port, queue, max_tokens, temperature, top_p, seed, speculate, quality, explain,
+def main(bundle, host, port, queue, max_tokens, temperature, top_p, seed, speculate, proposer, quality, explain,
          memory_budget, threads, trusted, rehash):
     """Serve a compiled BUNDLE over an OpenAI-compatible HTTP API (the generation options are
     the defaults of requests that do not set them)."""
@@ -34,7 +34,7 @@ def main(bundle, host, port, queue, max_tokens, temperature, top_p, seed, specul
         from .server import Defaults, Engine, make_app
 
         loaded = load_bundle(bundle, threads, memory_budget, trusted, rehash)
-        defaults = Defaults(max_tokens, temperature, top_p, seed, speculate, quality)
+        defaults = Defaults(max_tokens, temperature, top_p, seed, speculate, quality, proposer)
         engine = Engine(loaded, queue, defaults, explain)
     except AirError as e:
         click.echo(f"air-run: error: {e}", err=True)

@@ -4,8 +4,9 @@ GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/completions (pl
 server-sent events ending `data: [DONE]` with "stream": true). The device runs one generation
 at a time on one session (so a request reuses the prefix the previous one left in the caches);
 at most `queue` requests wait, later ones get a 429. A client that disconnects from a stream
-cancels its generation before the next round. Extensions: "air_quality" (routing tier) and
-"air_speculate" (a forced draft length) and "ignore_eos" in requests, "air" (route and stats) in answers.
+cancels its generation before the next round. Extensions: "air_quality" (routing tier),
+"air_speculate" (a forced draft length), "air_proposer" ("draft" or "lookup": what proposes
+those tokens) and "ignore_eos" in requests, "air" (route and stats) in answers.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class Defaults:
     seed: int | None = None
     speculate: int | None = None
     quality: str = "balanced"
+    proposer: str = "draft"
 
 
 class Engine:
@@ -100,6 +102,7 @@ class Engine:
             seed=d.seed if request.seed is None else request.seed,
             speculate=d.speculate if request.speculate is None else request.speculate,
             quality=request.quality or d.quality,
+            proposer=request.proposer or d.proposer,
             ignore_eos=request.ignore_eos,
         )
         stop = request.stop + (self.template.stop if request.messages is not None else ())

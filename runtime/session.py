@@ -57,15 +57,18 @@ class Session:
         stop: tuple[str, ...] = (),
         should_stop: Callable[[], bool] | None = None,
         ignore_eos: bool = False,
+        proposer: str = "draft",
     ) -> GenerationResult:
         """Bundle.generate's request on this session's caches; `stop` strings end the text (and
         the generation) where one appears; should_stop() ends it with finish "cancelled";
-        ignore_eos generates past end-of-sequence tokens (fixed-length runs for benchmarks)."""
+        ignore_eos generates past end-of-sequence tokens (fixed-length runs for benchmarks);
+        proposer: what proposes the `speculate` tokens ("draft" or "lookup")."""
         bundle = self.bundle
         bundle._check_prompt(ids)
-        model, draft, k, route = bundle._plan(ids, max_tokens, quality, speculate)
-        used = [m for m in (model, draft if k else None) if m is not None]
-        kept = (self.reusable(model, ids), self.reusable(draft if k else None, ids))
+        model, proposing, k, route = bundle._plan(ids, max_tokens, quality, speculate, proposer)
+        draft = proposing.model if proposing is not None else None
+        used = [m for m in (model, draft) if m is not None]
+        kept = (self.reusable(model, ids), self.reusable(draft, ids))
         for m in used:
             m.holder = None  # until the run ends the cache matches nobody's record
         stream, stops = TextStream(bundle.tokenizer), StopText(stop)
@@ -79,7 +82,7 @@ class Session:
             return stops.stopped or (should_stop is not None and should_stop())
 
         eos = set() if ignore_eos else bundle.eos_token_ids
-        generator = Generator(model, draft, Sampler(temperature, top_p, seed), eos)
+        generator = Generator(model, proposing, Sampler(temperature, top_p, seed), eos)
         tokens, finish, stats = generator.run(ids, max_tokens, k, emit, kept, stopped)
         stats["verification"] = dict(bundle.verification)
         for m in used:
