@@ -65,7 +65,7 @@ from air.runtime import Bundle  # noqa: E402
 from air.runtime.routing import row_key  # noqa: E402
 from air.runtime.sampling import probabilities  # noqa: E402
 
-from conftest import cli_env  # noqa: E402
+from helpers import cli_env  # noqa: E402
 from test_speculative import _chi_square_z  # noqa: E402
 
 REPEATING = [5, 6, 7, 8, 9, 10, 5, 6, 7, 8, 9, 10, 5, 6, 7]
