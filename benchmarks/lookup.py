@@ -9,10 +9,9 @@ measured in the same run, acceptance, tokens per target pass, and whether the to
 identical to the target alone's.
 """
 
-import argparse
 import statistics
 
-from air.runtime import Bundle
+from bundle_args import bundle_parser, parse_and_load
 
 TRANSFORMATION = [
     # a class whose methods are then repeated for a second class
@@ -51,15 +50,10 @@ def measure(bundle, prompts, tokens, k):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bundle")
-    parser.add_argument("--threads", type=int, default=None)
+    parser = bundle_parser(__doc__, rounds=3)
     parser.add_argument("--tokens", type=int, default=96)
-    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-k", type=int, default=8)
-    args = parser.parse_args()
-
-    bundle = Bundle.load(args.bundle, threads=args.threads)
+    args, bundle = parse_and_load(parser)
     bundle.eos_token_ids = set()  # equal lengths for every k
     ks = [0, *range(2, args.max_k + 1)]
     classes = {"transformation": TRANSFORMATION, "continuation": CONTINUATION}

@@ -7,11 +7,10 @@ the speedup over target-only measured in the same run, acceptance, tokens per ta
 and host (Python) time per speculative step as a share of the step.
 """
 
-import argparse
 import statistics
 from pathlib import Path
 
-from air.runtime import Bundle
+from bundle_args import bundle_parser, parse_and_load
 
 DEFAULT_PROMPTS = [
     "def read_config(path):",
@@ -36,17 +35,12 @@ def measure(bundle, prompts, tokens, k):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bundle")
-    parser.add_argument("--threads", type=int, default=None)
+    parser = bundle_parser(__doc__, rounds=3)
     parser.add_argument("--tokens", type=int, default=64)
-    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--max-k", type=int, default=8)
     parser.add_argument("--prompts", type=Path, help="file with one prompt per paragraph (blank-line separated)")
-    args = parser.parse_args()
+    args, bundle = parse_and_load(parser)
     prompts = args.prompts.read_text().split("\n\n") if args.prompts else DEFAULT_PROMPTS
-
-    bundle = Bundle.load(args.bundle, threads=args.threads)
     bundle.eos_token_ids = set()  # equal lengths for every path
     ks = [0, *range(1, args.max_k + 1)] + (["route"] if bundle.routing else [])
     runs = {k: [] for k in ks}

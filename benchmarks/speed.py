@@ -7,13 +7,12 @@ over --decode steps, verify(5)/decode time ratio, and the weight bytes read per 
 token with the bandwidth that implies.
 """
 
-import argparse
 import statistics
 import time
 
 import numpy as np
 
-from air.runtime import Bundle
+from bundle_args import bundle_parser, parse_and_load
 
 
 def timed(fn) -> float:
@@ -23,15 +22,10 @@ def timed(fn) -> float:
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("bundle")
-    parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser = bundle_parser(__doc__, rounds=5)
     parser.add_argument("--prompt", type=int, default=128)
     parser.add_argument("--decode", type=int, default=32)
-    args = parser.parse_args()
-
-    bundle = Bundle.load(args.bundle, threads=args.threads)
+    args, bundle = parse_and_load(parser)
     model = bundle.target
     rng = np.random.default_rng(0)
     prompt = rng.integers(2, model.vocab_size, size=args.prompt).astype(np.int32)
