@@ -1,6 +1,7 @@
 """Helpers the test folders share: where things are, and the CLIs as subprocesses."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -32,3 +33,9 @@ def host_target(**overrides):
 def cli_env(**extra) -> dict:
     """This process's environment with `extra` set, for a CLI subprocess."""
     return {**os.environ, **extra}
+
+
+def own_stderr(stderr: str) -> list[str]:
+    """stderr's lines without the TVM runtime's own log lines ("[12:00:00] /project/src/runtime/...:
+    Warning: ..."), which it prints when a machine's cores are not what its thread pool expects."""
+    return [line for line in stderr.strip().splitlines() if not re.match(r"\[\d\d:\d\d:\d\d\] \S+/src/runtime/", line)]

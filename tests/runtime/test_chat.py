@@ -17,6 +17,7 @@ from air.runtime.chat import Conversation
 from air.runtime.chat_template import FALLBACK_TEMPLATE, ChatTemplate
 from air.runtime.manifest import file_record, read_manifest, write_manifest
 from air.runtime.session import Session
+from helpers import own_stderr
 
 MESSAGES = [{"role": "system", "content": "Answer in code."}, {"role": "user", "content": "def fibonacci(n):"}]
 
@@ -99,8 +100,8 @@ def test_air_run_chat_refuses_a_hostile_bundle_template_in_one_line(pair, tmp_pa
     bundle = with_template(pair, tmp_path, HOSTILE["globals"].replace("MARKER", str(marker)))
     result = subprocess.run(["air-run", "chat", str(bundle)], input="hello\n", capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
-    assert result.stderr.strip().splitlines() == [line for line in result.stderr.strip().splitlines()
-                                                  if line.startswith("air-run: error: chat template refused")]
+    lines = own_stderr(result.stderr)
+    assert len(lines) == 1 and lines[0].startswith("air-run: error: chat template refused"), result.stderr
     assert "Traceback" not in result.stderr and result.stdout == ""
     assert not marker.exists()
 

@@ -65,7 +65,7 @@ from air.runtime import Bundle  # noqa: E402
 from air.runtime.routing import row_key  # noqa: E402
 from air.runtime.sampling import probabilities  # noqa: E402
 
-from helpers import cli_env  # noqa: E402
+from helpers import cli_env, own_stderr  # noqa: E402
 from test_speculative import _chi_square_z  # noqa: E402
 
 REPEATING = [5, 6, 7, 8, 9, 10, 5, 6, 7, 8, 9, 10, 5, 6, 7]
@@ -202,7 +202,9 @@ def test_cli_speculates_by_lookup_without_a_draft(alone):
     assert out["stats"]["proposer"] == "lookup" and out["stats"]["lookup_proposed"] > 0
     assert "forced by --speculate 4 --proposer lookup" in spec.stderr
     refused = _air_run(alone, "--prompt-ids", ids, "--speculate", 4, "--proposer", "draft")
-    assert refused.returncode == 2 and refused.stderr.startswith("air-run: error: ") and "no draft model" in refused.stderr
+    lines = own_stderr(refused.stderr)
+    assert refused.returncode == 2 and len(lines) == 1 and lines[0].startswith("air-run: error: ") \
+        and "no draft model" in lines[0], refused.stderr
 
 
 def test_chat_speculates_by_lookup(alone):
