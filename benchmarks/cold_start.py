@@ -35,7 +35,8 @@ from pathlib import Path
 import air.runtime.cli
 from air.runtime.startup import import_tvm
 import_tvm()
-from air.runtime.bundle import Bundle, check_machine, configure_threads
+from air.runtime.bundle import Bundle, check_machine
+from air.runtime.threads import configure_threads
 from air.runtime.manifest import read_manifest, verify_files
 from air.runtime.model import CompiledModel
 from air.runtime.signing import read_signature

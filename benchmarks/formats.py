@@ -75,7 +75,7 @@ def read_bandwidth(threads):
 
     from air.devices import host_device
 
-    from air.runtime.bundle import configure_threads
+    from air.runtime.threads import configure_threads
 
     configure_threads(threads)
     return best_read_gbs(tvm.target.Target(host_device().tvm_target))

@@ -11,7 +11,6 @@ import json
 import os
 import platform
 from pathlib import Path
-from typing import Callable
 
 import tvm
 
@@ -27,6 +26,7 @@ from .trust import Trust
 from .verified import VerificationCache
 from .routing import PROPOSERS, Route, lookup, memory_class
 from .text import load_tokenizer
+from .threads import ThreadGovernor, configure_threads
 
 
 @dataclasses.dataclass
@@ -52,31 +52,18 @@ def check_machine(manifest: dict) -> None:
         raise AirError(f"bundle was built for {device['name']} and needs CPU features this machine lacks: {', '.join(missing)}")
 
 
-_BIG_CORES = 1  # TVM's thread affinity mode: the fastest cores (every core of a homogeneous CPU)
-
-
-def configure_threads(threads: int) -> None:
-    """Size TVM's thread pool: threads > 0 that many; 0 TVM_NUM_THREADS if set, else one per
-    physical core (usable_cores).
-
-    TVM sizes its pool once, from TVM_NUM_THREADS (unset: half the CPUs on x86, one thread on
-    a 2-core machine), and silently caps later requests at that size; so the variable is set
-    before the pool exists. (Affinity mode 0, used here before, ran every kernel on one thread.)"""
-    if threads <= 0:
-        threads = int(os.environ.get("TVM_NUM_THREADS") or 0) or usable_cores()
-    os.environ["TVM_NUM_THREADS"] = str(threads)
-    tvm.get_global_func("runtime.config_threadpool")(_BIG_CORES, threads)
-
-
 class Bundle:
-    def __init__(self, root: Path, manifest: dict, threads: int, memory_budget_mb: float | None = None):
+    def __init__(self, root: Path, manifest: dict, threads: int, memory_budget_mb: float | None = None,
+                 adaptive_threads: bool = False):
         self.root = root
         self.manifest = manifest
         if memory_budget_mb is None:
             memory_budget_mb = manifest.get("runtime", {}).get("memory_budget_mb", 0)
         self.memory_budget = int(memory_budget_mb * 2**20)  # 0: no budget
         self.device = tvm.cpu()
-        configure_threads(threads)
+        self.threads = pool = configure_threads(threads)
+        # adaptive: the recipe's default count, shed while another process holds a core (threads.py)
+        self.governor = ThreadGovernor(pool) if adaptive_threads and pool > 1 else None
         self.tokenizer = load_tokenizer(root)
         self._models: dict[str, CompiledModel] = {}  # loaded on first use: a request may need only one
         self.eos_token_ids = set(manifest["tokenizer"].get("eos_token_ids", []))
@@ -102,9 +89,10 @@ class Bundle:
             verify_files(root, manifest, cache.sha256)
             cache.save()
             checked.update(files_hashed=cache.hashed, files_remembered=cache.cached)
-        if threads is None:
+        adaptive = threads is None
+        if adaptive:
             threads = int(manifest.get("runtime", {}).get("threads", 0))
-        bundle = cls(root, manifest, threads, memory_budget_mb)
+        bundle = cls(root, manifest, threads, memory_budget_mb, adaptive_threads=adaptive)
         bundle.verification = checked
         return bundle
 
@@ -208,28 +196,13 @@ class Bundle:
             raise AirError(f"{self.root}: bundle has no draft model to speculate with (--proposer lookup needs none)")
         return DraftProposer(self.draft)
 
-    def generate(
-        self,
-        prompt: str | None = None,
-        prompt_ids: list[int] | None = None,
-        max_tokens: int = 64,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        seed: int | None = None,
-        speculate: int | None = None,
-        quality: str = "balanced",
-        on_text: Callable[[str], None] | None = None,
-        proposer: str = "draft",
-    ) -> GenerationResult:
-        """Generate up to max_tokens. speculate=k > 0: the proposer ("draft": the draft model;
-        "lookup": n-gram lookup in the text so far, no draft needed) proposes up to k tokens per
-        target pass; 0: the target alone; None: the routing table chooses for the quality tier."""
+    def generate(self, prompt: str | None = None, prompt_ids: list[int] | None = None, **request) -> GenerationResult:
+        """Generate from a prompt text or token ids, on a fresh session's caches. `request`: the
+        keyword options of Session.generate (max_tokens, temperature, top_p, seed, speculate,
+        quality, on_text, stop, proposer, ...)."""
         if (prompt is None) == (prompt_ids is None):
             raise AirError("give exactly one of a prompt text or prompt token ids")
-        if speculate is not None and speculate < 0:
-            raise AirError(f"--speculate must be >= 0, got {speculate}")
         ids = self.encode(prompt) if prompt is not None else list(prompt_ids)
         from .session import Session
 
-        return Session(self).generate(ids, max_tokens, temperature, top_p, seed, speculate, quality, on_text,
-                                      proposer=proposer)
+        return Session(self).generate(ids, **request)

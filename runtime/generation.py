@@ -24,6 +24,7 @@ import numpy as np
 from .lookup import NgramLookup
 from .model import CompiledModel
 from .sampling import Sampler, point_mass
+from .threads import ThreadGovernor
 
 
 @dataclasses.dataclass
@@ -121,11 +122,12 @@ class LookupProposer:
 
 class Generator:
     def __init__(self, target: CompiledModel, proposer: DraftProposer | LookupProposer | None, sampler: Sampler,
-                 eos_ids: set[int]):
+                 eos_ids: set[int], governor: ThreadGovernor | None = None):
         self.target = target
         self.proposer = proposer
         self.sampler = sampler
         self.eos_ids = eos_ids
+        self.governor = governor
         self.counters = Counters()
 
     def run(self, prompt: list[int], max_tokens: int, k: int, on_token: Callable[[int], None],
@@ -144,6 +146,9 @@ class Generator:
             proposer.start(prompt, kept[1], context, counters)
         prefill_done = time.perf_counter()
         counters.draft_seconds = counters.target_seconds = 0.0
+        governor = self.governor
+        if governor is not None:
+            governor.start(prefill_done)
 
         out: list[int] = []
         last = prompt[-1]
@@ -182,6 +187,8 @@ class Generator:
                     finish = "length"
                     break
             last = committed[-1]
+            if governor is not None:
+                governor.round_done(len(committed), time.perf_counter())
         ended = time.perf_counter()
         return out, finish, self._stats(prompt, out, started, prefill_done, first_token_at or ended, ended,
                                         k if proposer is not None else 0, kept[0])

@@ -22,7 +22,8 @@ _OPTIONS = [
     click.option("--memory-budget", type=click.FloatRange(min=0), default=None,
                  help="MiB the request may use for weights and KV cache (default: the recipe's; 0 = no limit)."),
     click.option("--threads", type=click.IntRange(min=0), default=None,
-                 help="CPU threads (default: the bundle's recipe; 0 = all cores)."),
+                 help="CPU threads (default: the bundle's recipe's, shed to one while another process holds a core; "
+                      "0 = all cores)."),
 ]
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+from air.errors import AirError
 from .bundle import Bundle, GenerationResult
 from .generation import Generator
 from .model import CompiledModel
@@ -59,10 +60,14 @@ class Session:
         ignore_eos: bool = False,
         proposer: str = "draft",
     ) -> GenerationResult:
-        """Bundle.generate's request on this session's caches; `stop` strings end the text (and
-        the generation) where one appears; should_stop() ends it with finish "cancelled";
-        ignore_eos generates past end-of-sequence tokens (fixed-length runs for benchmarks);
-        proposer: what proposes the `speculate` tokens ("draft" or "lookup")."""
+        """Generate up to max_tokens after `ids`, on this session's caches. speculate=k > 0: the
+        proposer ("draft": the draft model; "lookup": n-gram lookup in the text so far, no draft
+        needed) proposes up to k tokens per target pass; 0: the target alone; None: the routing
+        table chooses for the quality tier. on_text receives the text as it grows; `stop` strings
+        end the text (and the generation) where one appears; should_stop() ends it with finish
+        "cancelled"; ignore_eos generates past end-of-sequence tokens (fixed-length benchmarks)."""
+        if speculate is not None and speculate < 0:
+            raise AirError(f"--speculate must be >= 0, got {speculate}")
         bundle = self.bundle
         bundle._check_prompt(ids)
         model, proposing, k, route = bundle._plan(ids, max_tokens, quality, speculate, proposer)
@@ -74,6 +79,8 @@ class Session:
         stream, stops = TextStream(bundle.tokenizer), StopText(stop)
 
         def emit(token: int) -> None:
+            if on_text is None and not stop:
+                return  # nobody reads the text before the end: decode it once, afterwards
             delta = stops.push(stream.push(token))
             if delta and on_text is not None:
                 on_text(delta)
@@ -82,9 +89,10 @@ class Session:
             return stops.stopped or (should_stop is not None and should_stop())
 
         eos = set() if ignore_eos else bundle.eos_token_ids
-        generator = Generator(model, proposing, Sampler(temperature, top_p, seed), eos)
+        generator = Generator(model, proposing, Sampler(temperature, top_p, seed), eos, bundle.governor)
         tokens, finish, stats = generator.run(ids, max_tokens, k, emit, kept, stopped)
         stats["verification"] = dict(bundle.verification)
+        stats["threads"] = bundle.governor.chosen if bundle.governor is not None else bundle.threads
         for m in used:
             m.holder = self
             self.held[id(m)] = generator.sequence[:m.length]

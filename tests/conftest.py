@@ -11,6 +11,10 @@ from checkpoints import CHAT_TEMPLATE, make_checkpoint  # noqa: E402
 from air.compiler.build import compile_bundle  # noqa: E402
 from air.compiler.recipe import load_recipe  # noqa: E402
 
+# TVM sizes its thread pool once per process, at first use, and caps later sizes at that: room for
+# two threads on any machine, so the tests that switch between one and two (test_threads.py) can.
+os.environ.setdefault("TVM_NUM_THREADS", "2")
+
 # Every supported family with the flags that set it apart.
 VARIANTS = {
     "llama-llama3rope-f16": dict(family="llama", dtype="float16",
