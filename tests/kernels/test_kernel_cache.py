@@ -24,7 +24,8 @@ SPEC = spec_from_config({"architectures": ["LlamaForCausalLM"], "vocab_size": 40
                          "num_key_value_heads": 2, "head_dim": 16}, "test")
 TARGET = host_target()
 
-# Every kernel family with small shapes: (builder, arguments).
+# Every kernel family with small shapes: (builder, arguments). Each case parses its kernel once
+# (seconds each): the default run checks five of them, `-m slow` all.
 FAMILIES = [
     (dense.matmul_kernel, (48, 64, "float16", TARGET)),
     (packed.quantize_kernel, (64,)),
@@ -41,6 +42,8 @@ FAMILIES = [
     (embedding.packed_lookup_kernel, ("q4", 40, 64)),
     (embedding.last_row_kernel, (64,)),
 ]
+DEFAULT_RUN = {"matmul_kernel-q4-48-64", "rms_norm_kernel-64-1e-05-True-True", "attention_kernel-int4",
+               "append_kernel-int8", "packed_lookup_kernel-q4-40-64"}
 
 
 @pytest.fixture
@@ -65,7 +68,9 @@ def _family_id(family) -> str:
     return "-".join([builder.__name__, *described])
 
 
-@pytest.mark.parametrize("builder, args", FAMILIES, ids=map(_family_id, FAMILIES))
+@pytest.mark.parametrize("builder, args", [
+    pytest.param(*family, id=_family_id(family), marks=() if _family_id(family) in DEFAULT_RUN else pytest.mark.slow)
+    for family in FAMILIES])
 def test_loaded_kernel_is_the_parsed_one(builder, args, fresh, monkeypatch):
     parsed, cold = _counted(lambda: builder(*args))
     assert (cold.parsed, cold.loaded) == (1, 0)
