@@ -20,6 +20,7 @@ from air.devices import Device, host_device, resolve_device
 
 from . import limits
 from .checkpoint import TOKENIZER_FILES, Checkpoint, load_checkpoint
+from .kernels import cache as kernel_cache
 from .kv_layouts import KVLayout
 from .layers import WeightFormat
 from .model import CausalLM
@@ -86,10 +87,15 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
     # The stage starts before the model is defined: parsing its kernels takes much of the time.
     with progress.stage(f"compiling {role} model ({spec.architecture}, {spec.num_layers} layers, "
                         f"hidden {spec.hidden_size}) for {device.tvm_target.get('mcpu', device.arch)}"):
-        model = CausalLM(spec, kv, WeightFormat(scheme, tvm_target=json.dumps(device.tvm_target)))
-        module, named_params = model.export_tvm(spec=model.export_spec())
-        executable = compile_module(module, device.tvm_target)
-        executable.export_library(str(folder / "model.so"), **device.export_options())
+        kernels_before = kernel_cache.counts()
+        with progress.step(f"{role}: model definition"):
+            model = CausalLM(spec, kv, WeightFormat(scheme, tvm_target=json.dumps(device.tvm_target)))
+            module, named_params = model.export_tvm(spec=model.export_spec())
+        progress.note(kernel_cache.summary(kernels_before))
+        with progress.step(f"{role}: Relax passes and LLVM code generation"):
+            executable = compile_module(module, device.tvm_target)
+        with progress.step(f"{role}: linking model.so"):
+            executable.export_library(str(folder / "model.so"), **device.export_options())
     with progress.stage(f"writing {role} weights ({scheme})"):
         weight_bytes = write_weights(ckpt, named_params, tensor_map(spec), scheme, folder / "weights.safetensors")
     return {

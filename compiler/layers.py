@@ -12,7 +12,6 @@ same (packed) tensors, so the table is stored once.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 from typing import NamedTuple
 
@@ -30,27 +29,15 @@ FORMATS = ("f32", "f16", "q8", "q4")
 @dataclasses.dataclass(frozen=True)
 class WeightFormat:
     scheme: str
-    tvm_target: str  # as JSON (hashable: kernels are cached per format); they pick their instructions from it
+    tvm_target: str  # as JSON (a WeightFormat stays hashable); the kernels pick their instructions from it
 
     @property
     def quantized(self) -> bool:
         return self.scheme in SCHEMES
 
 
-# Building a kernel parses a TVMScript function (the matmul's is large): once per shape.
-@functools.lru_cache(maxsize=None)
-def _matmul_kernel(scheme: str, n: int, k: int, target: str):
-    return packed.matmul_kernel(scheme, n, k, Target(json.loads(target)))
-
-
-@functools.lru_cache(maxsize=None)
-def _dense_matmul_kernel(n: int, k: int, dtype: str, target: str):
-    return dense.matmul_kernel(n, k, dtype, Target(json.loads(target)))
-
-
-_quantize_kernel = functools.lru_cache(maxsize=None)(packed.quantize_kernel)
-_packed_lookup_kernel = functools.lru_cache(maxsize=None)(embedding.packed_lookup_kernel)
-_dense_lookup_kernel = functools.lru_cache(maxsize=None)(embedding.dense_lookup_kernel)
+def _target(target: str) -> Target:
+    return Target(json.loads(target))
 
 
 class QuantizedRows(NamedTuple):
@@ -63,7 +50,7 @@ class QuantizedRows(NamedTuple):
 
 def quantize_rows(x: nn.Tensor) -> QuantizedRows:
     m, k = x.shape
-    return QuantizedRows(*op.tensor_ir_op(_quantize_kernel(int(k)), "quantize_rows", [x],
+    return QuantizedRows(*op.tensor_ir_op(packed.quantize_kernel(int(k)), "quantize_rows", [x],
                                           quantized_rows_placeholders(m, int(k))))
 
 
@@ -74,7 +61,7 @@ def quantized_rows_placeholders(m, k: int) -> list[nn.Tensor]:
 
 
 def quantized_matmul(x: QuantizedRows, qs, scales, scheme: str, n: int, k: int, target: str):
-    return op.tensor_ir_op(_matmul_kernel(scheme, n, k, target), f"matmul_{scheme}", [*x, qs, scales],
+    return op.tensor_ir_op(packed.matmul_kernel(scheme, n, k, _target(target)), f"matmul_{scheme}", [*x, qs, scales],
                            nn.Tensor.placeholder((x.xq.shape[0], n), "float32"))
 
 
@@ -97,7 +84,7 @@ class _Matrix(nn.Module):
         if self.fmt.quantized:
             rows = x if isinstance(x, QuantizedRows) else quantize_rows(x)
             return quantized_matmul(rows, self.qs, self.scales, self.fmt.scheme, self.rows, self.cols, self.fmt.tvm_target)
-        kernel = _dense_matmul_kernel(self.rows, self.cols, self.tiles.dtype, self.fmt.tvm_target)
+        kernel = dense.matmul_kernel(self.rows, self.cols, self.tiles.dtype, _target(self.fmt.tvm_target))
         return op.tensor_ir_op(kernel, "matmul_dense", [x, self.tiles],
                                nn.Tensor.placeholder((x.shape[0], self.rows), "float32"))
 
@@ -129,9 +116,9 @@ class Embedding(_Matrix):
     def lookup(self, tokens):
         out = nn.Tensor.placeholder((tokens.shape[0], self.cols), "float32")
         if self.fmt.quantized:
-            kernel = _packed_lookup_kernel(self.fmt.scheme, self.rows, self.cols)
+            kernel = embedding.packed_lookup_kernel(self.fmt.scheme, self.rows, self.cols)
             return op.tensor_ir_op(kernel, "embed", [tokens, self.qs, self.scales], out)
-        kernel = _dense_lookup_kernel(self.rows, self.cols, self.tiles.dtype)
+        kernel = embedding.dense_lookup_kernel(self.rows, self.cols, self.tiles.dtype)
         return op.tensor_ir_op(kernel, "embed", [tokens, self.tiles], out)
 
     def as_lm_head(self, hidden):

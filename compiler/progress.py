@@ -26,6 +26,15 @@ class Progress:
         self.timings[title] = round(elapsed, 3)
         self._print(f"[{self.done}/{self.total}] {title}: done in {elapsed:.1f}s")
 
+    @contextlib.contextmanager
+    def step(self, title: str):
+        """A timed part of a stage, printed as a note when done."""
+        start = time.perf_counter()
+        yield
+        elapsed = time.perf_counter() - start
+        self.timings[title] = round(elapsed, 3)
+        self.note(f"{title}: {elapsed:.1f}s")
+
     def note(self, text: str) -> None:
         self._print(f"      {text}")
 

@@ -33,6 +33,12 @@ def verification_cache(tmp_path_factory):
     os.environ["AIR_VERIFIED_CACHE"] = str(tmp_path_factory.mktemp("verified-cache"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def kernel_cache(tmp_path_factory):
+    """Parsed kernels are shared by the session's builds and subprocesses, never read from the home folder."""
+    os.environ["AIR_KERNEL_CACHE"] = str(tmp_path_factory.mktemp("kernel-cache"))
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
     root = tmp_path_factory.mktemp("checkpoints")

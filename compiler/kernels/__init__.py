@@ -10,4 +10,5 @@
   attention  RoPE, cache append and attention for a KVLayout
   kv_codecs  per KV-cache dtype: store, score, accumulate
   embedding  table lookups (dense and packed) and the last-row selection
+  cache      @cached_kernel: every builder's PrimFunc parsed once, kept in process and on disk
 """

@@ -16,6 +16,7 @@ import math
 
 from tvm.script import tirx as T
 
+from .cache import cached_kernel
 from . import kv_codecs
 from .common import HAND_WRITTEN, VEC, serial_or_parallel, vector_exp
 from .kv_codecs import DOT_LANES
@@ -27,6 +28,7 @@ SERIAL_APPENDS = 16  # (token, kv head) pairs appended
 SERIAL_VISITS = 1024  # (query, head, cached position) triples attended
 
 
+@cached_kernel
 def append_kernel(layout, serial_appends: int = SERIAL_APPENDS):
     """Rotate the new keys, quantize keys and values, store them at their slots. The keys
     and values are heads [heads, heads + kv_heads) and [heads + kv_heads, heads + 2 kv_heads)
@@ -77,6 +79,7 @@ def append_kernel(layout, serial_appends: int = SERIAL_APPENDS):
     return kv_append
 
 
+@cached_kernel
 def attention_kernel(layout, serial_visits: int = SERIAL_VISITS):
     """Causal attention of n new queries (un-rotated: heads [0, heads) of the fused q/k/v
     projection's output) over the cache, online softmax.

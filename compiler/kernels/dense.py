@@ -18,6 +18,7 @@ from tvm.script import tirx as T
 from tvm.target import Target
 from tvm.target.codegen import llvm_get_vector_width
 
+from .cache import cached_kernel
 from .common import HAND_WRITTEN, TILE, prefetch, remainder_rows, serial_or_parallel, tile_count
 
 _ITEMSIZE = {"float32": 4, "float16": 2}
@@ -40,6 +41,7 @@ def _pair_rows(target: Target) -> int:
     return 6 if llvm_get_vector_width(target) == 512 else 0
 
 
+@cached_kernel
 def matmul_kernel(n: int, k: int, dtype: str, target: Target):
     """(x [m, K] f32, tiles [T * K, 16] dtype, y [m, N] f32)."""
     tiles, full_tiles = tile_count(n), n // TILE

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
+from .cache import cached_kernel
 from .common import HAND_WRITTEN, TILE
 from .layout import BLOCK, K_CHUNK, PackedLayout
 from .packing import dense_shape
@@ -14,6 +15,7 @@ def _min64(a, b):
     return T.min(T.int64(a), b)
 
 
+@cached_kernel
 def dense_lookup_kernel(vocab: int, width: int, dtype: str):
     """(tokens [n] i32, tiles, out [n, width] f32): rows of a dense table in tiles
     (packing.pack_dense: row t * width + k holds token 16t + lane's k)."""
@@ -34,6 +36,7 @@ def dense_lookup_kernel(vocab: int, width: int, dtype: str):
     return embed
 
 
+@cached_kernel
 def packed_lookup_kernel(scheme: str, vocab: int, width: int):
     """(tokens [n] i32, qs, scales, out [n, width] f32): rows of a packed table."""
     layout = PackedLayout(scheme, vocab, width)
@@ -71,6 +74,7 @@ def packed_lookup_kernel(scheme: str, vocab: int, width: int):
     return embed
 
 
+@cached_kernel
 def last_row_kernel(width: int):
     """(x [n, width] f32, out [1, width] f32): out = x[n - 1]."""
     @T.prim_func(private=True, s_tir=True)

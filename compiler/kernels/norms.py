@@ -14,10 +14,9 @@ for itself has every token accepted).
 
 from __future__ import annotations
 
-import functools
-
 from tvm.script import tirx as T
 
+from .cache import cached_kernel
 from .common import HAND_WRITTEN, VEC, serial_or_parallel, splat, vector_exp
 from .layout import BLOCK
 from .packed import SERIAL_QUANTIZE, match_quantized_rows, quantize_block
@@ -73,7 +72,7 @@ def _quantize_local(normed, xq, xd, xs, q, row, width):
         quantize_block(normed, 0, xq, xd, xs, q, row, b)
 
 
-@functools.lru_cache(maxsize=None)
+@cached_kernel
 def rms_norm_kernel(width: int, eps: float, residual: bool, quantized: bool):
     """(x, [delta], weight) -> ([x + delta], y) or ([x + delta], xq, xd, xs)."""
     blocks = width // BLOCK
@@ -175,7 +174,7 @@ def rms_norm_kernel(width: int, eps: float, residual: bool, quantized: bool):
     return add_rms_norm_quantize
 
 
-@functools.lru_cache(maxsize=None)
+@cached_kernel
 def swiglu_kernel(width: int, quantized: bool):
     """gate_up [n, 2 width] (gate, then up) -> y = silu(gate) * up, or its int8 blocks (xq, xd, xs)."""
     blocks = width // BLOCK
@@ -217,7 +216,7 @@ def swiglu_kernel(width: int, quantized: bool):
     return swiglu_quantize
 
 
-@functools.lru_cache(maxsize=None)
+@cached_kernel
 def head_norm_kernel(heads: int, kv_heads: int, dim: int, eps: float):
     """(qkv [n * (heads + 2 kv_heads), dim], q_weight, k_weight) -> the same rows with every
     query head normalized by q_weight and every key head by k_weight, value heads copied."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 from tvm.script import tirx as T
 from tvm.target import Target
 
+from .cache import cached_kernel
 from .common import HAND_WRITTEN, TILE, prefetch, remainder_rows, serial_or_parallel
 from .isa import DOT_PATHS, dot_path
 from .layout import BLOCK, K_CHUNK, OPERAND_BYTES, SCHEMES, PackedLayout
@@ -54,6 +55,7 @@ def quantize_block(src, src_row, xq, xd, xs, q, row, b):
     xq[row, T.ramp(b * 8, 1, 8)] = T.reinterpret("int32x8", T.Cast("int8x32", q[T.ramp(0, 1, BLOCK)]))
 
 
+@cached_kernel
 def quantize_kernel(k: int):
     """(x [m, K] f32, xq [m, K/4] i32, xd [m, K/32] f32, xs [m, K/32] f32): one row at a time."""
     blocks = PackedLayout(SCHEMES[0], 1, k).blocks
@@ -78,6 +80,7 @@ def quantize_kernel(k: int):
     return quantize_rows
 
 
+@cached_kernel
 def matmul_kernel(scheme: str, n: int, k: int, target: Target, path: str | None = None):
     """(xq, xd, xs, qs, scales, y [m, N] f32): y = dequantized x @ dequantized W.T.
 
