@@ -1,10 +1,14 @@
 """4-byte integer dot products per CPU: the new dot[r] (TILE int32 lanes, one per weight row)
-is dot[r] plus the 4 weight bytes of each lane in w times the 4 signed activation bytes in `word`.
+is dot[r] plus the 4 weight bytes of each lane in w times the 4 signed activation bytes of word j
+of a block (xq[row, first + j], first a multiple of 8: the block's 8 words).
 
   vnni     AVX-512 VNNI: one vpdpbusd per 64 weight bytes (16 output rows x 4 k)
   avx512   AVX-512BW without VNNI: vpmaddubsw + vpmaddwd
   avx2     AVX2: the same on 256-bit halves
-  sdot     AArch64 with the dot product extension: four sdot per 64 bytes
+  sdot     AArch64 with the dot product extension: four sdot per 64 bytes, the activation word
+           taken by index from a vector of 4 (no broadcast)
+  smull    AArch64 NEON: per 16 bytes smull, smull2, addp (exact: a pair of byte products fits
+           int16) and a pairwise widening add
   generic  any LLVM target: widening multiplies (slow)
 All paths give the same integers.
 """
@@ -22,7 +26,7 @@ from .common import TILE
 class DotPath(NamedTuple):
     rows: int  # activation rows per group: accumulators and weight operands fit the register file
     signed: bool  # weights as signed bytes (q8 used as q, not q + 128)
-    dot4: Callable[[bool], Callable]  # q4 -> dot4(dot, w, r, word)
+    dot4: Callable[[bool], Callable]  # q4 -> dot4(dot, w, r, xq, row, first, j)
 
 
 def dot_path(target: Target) -> str:
@@ -38,11 +42,14 @@ def dot_path(target: Target) -> str:
         return "avx2"
     if has("dotprod"):
         return "sdot"
+    if has("neon"):
+        return "smull"
     return "generic"
 
 
-def _vnni_dot4(dot, w, r, word):
+def _vnni_dot4(dot, w, r, xq, row, first, j):
     """AVX-512 VNNI: one vpdpbusd (unsigned weight bytes x signed activation bytes)."""
+    word = xq[row, first + j]
     return T.call_llvm_pure_intrin("int32x16", "llvm.x86.avx512.vpdpbusd.512", dot[r, T.ramp(0, 1, TILE)],
                                    T.reinterpret("int8x64", w[T.ramp(0, 1, 64)]),
                                    T.reinterpret("int8x64", T.Broadcast(word, TILE)))
@@ -58,8 +65,8 @@ def _maddubs_dot4(width: int, q4: bool):
                          64: ("llvm.x86.avx512.pmaddubs.w.512", "llvm.x86.avx512.pmaddw.d.512")}[width]
     lanes = width // 4
 
-    def dot4(dot, w, r, word):
-        x = T.reinterpret(f"int8x{width}", T.Broadcast(word, lanes))
+    def dot4(dot, w, r, xq, row, first, j):
+        x = T.reinterpret(f"int8x{width}", T.Broadcast(xq[row, first + j], lanes))
         zero = T.Broadcast(T.int8(0), width)
         parts = []
         for h in range(64 // width):
@@ -72,16 +79,34 @@ def _maddubs_dot4(width: int, q4: bool):
     return dot4
 
 
-def _sdot_dot4(dot, w, r, word):
-    """AArch64 dot product extension: four sdot (signed x signed, 4 lanes each)."""
-    x = T.reinterpret("int8x16", T.Broadcast(word, 4))
+def _sdot_dot4(dot, w, r, xq, row, first, j):
+    """AArch64 dot product extension: four sdot (signed x signed, 4 lanes each); the word is a
+    lane of a 4-word load, which LLVM turns into sdot's by-element form."""
+    words = xq[row, T.ramp(first + j // 4 * 4, 1, 4)]
+    x = T.reinterpret("int8x16", T.Shuffle([words], [T.int32(j % 4)] * 4))
     return _concat([T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.sdot", dot[r, T.ramp(h * 4, 1, 4)],
                                             T.reinterpret("int8x16", w[T.ramp(h * 16, 1, 16)]), x)
                     for h in range(4)])
 
 
-def _generic_dot4(dot, w, r, word):
+def _smull_dot4(dot, w, r, xq, row, first, j):
+    """AArch64 NEON without dotprod: per 16 weight bytes (4 rows x 4 k) the byte products of the
+    low and high halves (smull, smull2), their pairs summed (addp: at most 2 * 127 * 127, no
+    overflow) and the two pairs of each row widened and summed (saddlp)."""
+    x = T.reinterpret("int8x8", T.Broadcast(xq[row, first + j], 2))
+    parts = []
+    for h in range(4):
+        products = [T.call_llvm_pure_intrin("int16x8", "llvm.aarch64.neon.smull.v8i16",
+                                            T.reinterpret("int8x8", w[T.ramp(h * 16 + half * 8, 1, 8)]), x)
+                    for half in range(2)]
+        pairs = T.call_llvm_pure_intrin("int16x8", "llvm.aarch64.neon.addp.v8i16", *products)
+        parts.append(T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.saddlp.v4i32.v8i16", pairs))
+    return dot[r, T.ramp(0, 1, TILE)] + _concat(parts)
+
+
+def _generic_dot4(dot, w, r, xq, row, first, j):
     """Plain widening multiplies: any LLVM target (slow; the others are preferred)."""
+    word = xq[row, first + j]
     total = dot[r, T.ramp(0, 1, TILE)]
     for c in range(4):
         total = total + T.Cast("int32x16", w[T.ramp(c, 4, TILE)]) \
@@ -102,5 +127,6 @@ DOT_PATHS = {
     "avx512": DotPath(8, True, lambda q4: _maddubs_dot4(64, q4)),
     "avx2": DotPath(2, True, lambda q4: _maddubs_dot4(32, q4)),
     "sdot": DotPath(3, True, lambda q4: _sdot_dot4),
+    "smull": DotPath(3, True, lambda q4: _smull_dot4),
     "generic": DotPath(2, False, lambda q4: _generic_dot4),
 }

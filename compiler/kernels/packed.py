@@ -154,15 +154,15 @@ def matmul_kernel(scheme: str, n: int, k: int, target: Target, path: str | None 
                 for j in T.unroll(4):  # low nibbles pair with word j, high ones with word j + 4
                     w[T.ramp(0, 1, 64)] = qs[first + i, T.ramp(j * 64, 1, 64)] & T.Broadcast(T.uint8(15), 64)
                     for r in T.unroll(count):
-                        dot[r, lanes] = dot4(dot, w, r, xq[row0 + r, (c * K_CHUNK + i) * 8 + j])
+                        dot[r, lanes] = dot4(dot, w, r, xq, row0 + r, (c * K_CHUNK + i) * 8, j)
                     w[T.ramp(0, 1, 64)] = qs[first + i, T.ramp(j * 64, 1, 64)] >> T.Broadcast(T.uint8(4), 64)
                     for r in T.unroll(count):
-                        dot[r, lanes] = dot4(dot, w, r, xq[row0 + r, (c * K_CHUNK + i) * 8 + j + 4])
+                        dot[r, lanes] = dot4(dot, w, r, xq, row0 + r, (c * K_CHUNK + i) * 8, j + 4)
             else:
                 for j in T.unroll(8):
                     w[T.ramp(0, 1, 64)] = q8_operand(qs, first + i, j)
                     for r in T.unroll(count):
-                        dot[r, lanes] = dot4(dot, w, r, xq[row0 + r, (c * K_CHUNK + i) * 8 + j])
+                        dot[r, lanes] = dot4(dot, w, r, xq, row0 + r, (c * K_CHUNK + i) * 8, j)
             for r in T.unroll(count):
                 acc[r, lanes] = scaled(acc, dot, sc, xd, xs, first_group + i // per, c * K_CHUNK + i, r, row0 + r)
         for r in T.unroll(count):

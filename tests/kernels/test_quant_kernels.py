@@ -34,7 +34,8 @@ def path_target(path):
     if X86 and path == "generic":
         host["mcpu"] = "x86-64-v2"  # no AVX at all: runs on any x86_64 machine
     target = tvm.target.Target(host)
-    needs = {"vnni": ["avx512vnni", "avx512bw"], "avx512": ["avx512bw"], "avx2": ["avx2"], "sdot": ["dotprod"]}
+    needs = {"vnni": ["avx512vnni", "avx512bw"], "avx512": ["avx512bw"], "avx2": ["avx2"], "sdot": ["dotprod"],
+             "smull": ["neon"]}
     if path in needs and not codegen.llvm_cpu_has_features(needs[path], HOST):
         return None
     return target
@@ -155,7 +156,7 @@ def test_paths_are_chosen_from_the_cpu():
     assert path("x86_64-linux-gnu", "x86-64-v2") == "generic"
     if "aarch64" in codegen.llvm_get_targets():
         assert path("aarch64-linux-gnu", "cortex-a76") == "sdot"
-        assert path("aarch64-linux-gnu", "cortex-a72") == "generic"
+        assert path("aarch64-linux-gnu", "cortex-a72") == "smull"
 
 
 def test_vnni_path_uses_vpdpbusd():
@@ -164,11 +165,16 @@ def test_vnni_path_uses_vpdpbusd():
     assert "vpdpbusd" in compiled("q4", "vnni").mod.inspect_source("asm")
 
 
-def test_sdot_path_compiles_for_aarch64():
-    """Compiled here only (its results were checked under qemu with the emulated ARM board)."""
+@pytest.mark.parametrize("cpu, instruction", [("cortex-a76", "sdot"), ("cortex-a72", "smull")])
+def test_aarch64_paths_compile_to_their_instructions(cpu, instruction):
+    """Compiled here only (their results were checked under qemu with the emulated ARM board)."""
     if "aarch64" not in codegen.llvm_get_targets():
         pytest.skip("this LLVM has no AArch64 backend")
-    target = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": "cortex-a76"})
-    funcs = linear_funcs("q8", 24, 64, target)
+    target = tvm.target.Target({"kind": "llvm", "mtriple": "aarch64-linux-gnu", "mcpu": cpu})
+    assert dot_path(target) == instruction
+    funcs = linear_funcs("q4", 24, 64, target)
     mod = tvm.IRModule({name: func.with_attr("global_symbol", name) for name, func in funcs})
-    assert "sdot" in tvm.compile(mod, target=target).mod.inspect_source("asm")
+    asm = tvm.compile(mod, target=target).mod.inspect_source("asm")
+    assert instruction in asm
+    if instruction == "sdot":  # the activation word is taken by index, not broadcast first
+        assert ".4b[" in asm and "ld1r" not in asm
