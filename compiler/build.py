@@ -97,7 +97,9 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
         with progress.step(f"{role}: linking model.so"):
             executable.export_library(str(folder / "model.so"), **device.export_options())
     with progress.stage(f"writing {role} weights ({scheme})"):
-        weight_bytes = write_weights(ckpt, named_params, tensor_map(spec), scheme, folder / "weights.safetensors")
+        written = write_weights(ckpt, named_params, tensor_map(spec), scheme, folder / "weights.safetensors")
+    blocks = {"source_blocks": {"kept": written.kept, "requantized": written.requantized}} \
+        if written.kept or written.requantized else {}
     return {
         "architecture": spec.to_dict(),
         "quantization": scheme,
@@ -106,8 +108,9 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
         "params": [name for name, _ in named_params],
         "kv_cache": kv.cache_spec().to_dict(),
         "vocab_size": spec.vocab_size,
-        "weight_bytes": weight_bytes,
+        "weight_bytes": written.payload_bytes,
         "eos_token_ids": _eos_token_ids(ckpt),
+        **blocks,
     }
 
 

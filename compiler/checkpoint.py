@@ -27,6 +27,7 @@ class TensorSource(Protocol):
     def has(self, name: str) -> bool: ...
     def shape(self, name: str) -> tuple[int, ...]: ...
     def read(self, name: str) -> np.ndarray: ...
+    def stored_type(self, name: str) -> str: ...  # "Q4_1" marks a matrix whose q4_blocks() can be kept
 
 
 class SafetensorsTensors:
@@ -41,6 +42,9 @@ class SafetensorsTensors:
 
     def read(self, name: str) -> np.ndarray:
         return self.files[name].read(name)
+
+    def stored_type(self, name: str) -> str:
+        return self.files[name].entries[name]["dtype"]
 
 
 @dataclasses.dataclass

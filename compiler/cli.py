@@ -184,7 +184,7 @@ def _summary(root: Path, manifest: dict) -> str:
             f"{role}: {arch['architecture']}, {arch['num_layers']} layers, hidden {arch['hidden_size']}, "
             f"heads {arch['num_heads']}/{arch['num_kv_heads']} (q/kv), vocab {entry['vocab_size']}",
             f"  weights: {entry['quantization']}, {entry['weight_bytes'] / 1e6:.1f} MB",
-            f"  source: {_source_summary(manifest['provenance']['sources'].get(role, {}), entry['quantization'])}",
+            f"  source: {_source_summary(manifest['provenance']['sources'].get(role, {}), entry)}",
             f"  kv cache: {kinds} {kv.dtype}, context {kv.max_context}, "
             f"{kv.bytes_per_token} bytes/token, {kv.max_bytes / 1e6:.1f} MB at full context",
         ]
@@ -198,14 +198,16 @@ def _summary(root: Path, manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def _source_summary(source: dict, quantization: str) -> str:
-    path = source.get("path", "?")
+def _source_summary(source: dict, entry: dict) -> str:
+    path, quantization = source.get("path", "?"), entry["quantization"]
     if source.get("format") != "gguf":
         return f"Hugging Face folder {path}"
     types = ", ".join(f"{count} {name}" for name, count in source["tensor_types"].items())
     digest = next(iter(source["files"].values()), "?")
-    return (f"GGUF file {path} (sha256 {digest[:16]}..., tensors {types}; "
-            f"each dequantized, then stored as {quantization})")
+    blocks = entry.get("source_blocks", {"kept": [], "requantized": []})
+    return (f"GGUF file {path} (sha256 {digest[:16]}..., tensors {types}; {len(blocks['kept'])} matrices "
+            f"kept as stored (Q4_1 blocks are q4 blocks), {len(blocks['requantized'])} dequantized and "
+            f"re-quantized to {quantization}, float tensors stored as {quantization})")
 
 
 def _routing_summary(root: Path, manifest: dict) -> list[str]:

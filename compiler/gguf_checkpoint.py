@@ -65,6 +65,19 @@ class GGUFTensors:
         heads = self.unpermute.get(name)
         return array if heads is None else _unpermute_rows(array, heads)
 
+    def stored_type(self, name: str) -> str:
+        return self.by_name[name].tensor_type.name
+
+    def q4_blocks(self, name: str) -> np.ndarray:
+        """A Q4_1 matrix's stored blocks [rows, K / 32, 20 bytes], rows in Hugging Face order."""
+        tensor = self.by_name[name]
+        if tensor.tensor_type != gguf.GGMLQuantizationType.Q4_1:
+            raise ValueError(f"tensor '{name}' is stored as {tensor.tensor_type.name}, not Q4_1")
+        rows, k = self.shape(name)
+        blocks = np.asarray(tensor.data).reshape(rows, k // 32, 20)
+        heads = self.unpermute.get(name)
+        return blocks if heads is None else _unpermute_rows(blocks, heads)
+
     def types(self) -> dict[str, int]:
         """How many tensors the file stores in each GGML type."""
         counts = collections.Counter(t.tensor_type.name for t in self.by_name.values())

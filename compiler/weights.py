@@ -3,10 +3,13 @@
 tensor_map.py says which checkpoint tensors each parameter is made from. A vector (norm,
 bias) is its sources stacked and cast to the parameter's dtype; a matrix becomes the
 layer's "tiles" (dense formats, packing.pack_dense) or "qs" and "scales" (quantized, packing.pack).
+A q4 matrix stored as GGUF Q4_1 blocks (our q4 blocks exactly) keeps its stored values
+(packing.pack_q4_blocks) instead of being dequantized and quantized again.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +27,14 @@ from .tensor_map import Sources, TensorMap
 # Parameters the compiler makes itself rather than reading from the checkpoint.
 DERIVED = {"rope_inv_freq": lambda ckpt: inverse_frequencies(ckpt.spec)}
 PACKED = ("qs", "scales", "tiles")
+FLOAT_TYPES = ("F32", "F16", "BF16")  # stored types (safetensors and GGUF spell them alike) that are not blocks
+
+
+@dataclasses.dataclass
+class WrittenWeights:
+    payload_bytes: int
+    kept: list[str]  # source matrices whose stored Q4_1 blocks are the q4 weights as they are
+    requantized: list[str]  # source matrices stored in blocks, dequantized and stored in the format again
 
 
 def check_tensors(ckpt: Checkpoint, mapping: TensorMap) -> None:
@@ -44,9 +55,10 @@ def _sources(mapping: TensorMap, name: str) -> Sources:
     return sources
 
 
-def write_weights(ckpt: Checkpoint, named_params, mapping: TensorMap, scheme: str, path: Path) -> int:
-    """Write the parameters as one safetensors file; returns its payload bytes."""
+def write_weights(ckpt: Checkpoint, named_params, mapping: TensorMap, scheme: str, path: Path) -> WrittenWeights:
+    """Write the parameters as one safetensors file; says its payload bytes and what was kept."""
     tensors, packed = {}, {}
+    written = WrittenWeights(0, [], [])
     for name, param in named_params:
         if name in DERIVED:
             array = DERIVED[name](ckpt)
@@ -55,13 +67,31 @@ def write_weights(ckpt: Checkpoint, named_params, mapping: TensorMap, scheme: st
             sources = [source for source, _ in _sources(mapping, name)]
             if leaf in PACKED:
                 if layer not in packed:
-                    packed[layer] = _pack(_read(ckpt, sources, np.float32), scheme)
+                    packed[layer] = _pack_matrix(ckpt, sources, scheme, written)
                 array = packed[layer][leaf]
             else:
                 array = _read(ckpt, sources, None)
         tensors[name] = np.ascontiguousarray(array, dtype=param.dtype)
     write_aligned(path, save(tensors))
-    return sum(a.nbytes for a in tensors.values())
+    written.payload_bytes = sum(a.nbytes for a in tensors.values())
+    return written
+
+
+def _pack_matrix(ckpt: Checkpoint, sources: list[str], scheme: str, written: WrittenWeights) -> dict[str, np.ndarray]:
+    """The sources' rows stacked in the format: as stored when every source is Q4_1 and the format q4."""
+    stored = [ckpt.tensors.stored_type(source) for source in sources]
+    if scheme == "q4" and all(kind == "Q4_1" for kind in stored):
+        written.kept += sources
+        return packing.pack_q4_blocks(np.concatenate([_q4_blocks(ckpt, source) for source in sources]))
+    written.requantized += [source for source, kind in zip(sources, stored) if kind not in FLOAT_TYPES]
+    return _pack(_read(ckpt, sources, np.float32), scheme)
+
+
+def _q4_blocks(ckpt: Checkpoint, source: str) -> np.ndarray:
+    blocks = ckpt.tensors.q4_blocks(source)
+    if not np.all(np.isfinite(np.ascontiguousarray(blocks[..., :4]).view(np.float16))):
+        raise AirError(f"{ckpt.path}: tensor '{source}' contains NaN or infinity")
+    return blocks
 
 
 def _read(ckpt: Checkpoint, sources: list[str], dtype) -> np.ndarray:

@@ -3,8 +3,8 @@
 GET /health, GET /v1/models, POST /v1/chat/completions, POST /v1/completions (plain, or
 server-sent events ending `data: [DONE]` with "stream": true). The device runs one generation
 at a time on one session (so a request reuses the prefix the previous one left in the caches);
-at most `queue` requests wait, later ones get a 429. A client that disconnects from a stream
-cancels its generation before the next round. Extensions: "air_quality" (routing tier),
+at most `queue` requests wait, later ones get a 429. A client that disconnects (from a stream
+or while waiting for a plain answer) cancels its generation before the next round. Extensions: "air_quality" (routing tier),
 "air_speculate" (a forced draft length), "air_proposer" ("draft" or "lookup": what proposes
 those tokens) and "ignore_eos" in requests, "air" (route and stats) in answers.
 """
@@ -181,10 +181,16 @@ class API:
         if request.stream:
             stream = _Stream(self.engine, request, ids, shape)
             return StreamingResponse(stream.events(), media_type="text/event-stream", background=BackgroundTask(stream.cancel))
+        gone = threading.Event()
+        watcher = asyncio.ensure_future(_when_disconnected(http, gone.set))
         try:
-            result = await self.engine.generate(request, ids)
+            result = await self.engine.generate(request, ids, cancel=gone)
         except AirError as e:
             return error_response(400, str(e))
+        finally:
+            watcher.cancel()
+        if result is None or result.finish_reason == "cancelled":
+            return error_response(499, "the client closed the connection; the generation was cancelled")
         return JSONResponse(shape.whole(result))
 
 
@@ -228,6 +234,13 @@ class _Stream:
             yield "data: [DONE]\n\n"
         finally:
             self.cancel()
+
+
+async def _when_disconnected(http: HTTPRequest, then) -> None:
+    """Calls then() when the client of a request whose body has been read goes away."""
+    while (await http.receive())["type"] != "http.disconnect":
+        pass
+    then()
 
 
 async def _body(http: HTTPRequest) -> bytes:

@@ -19,8 +19,9 @@ def permute(rows: np.ndarray, heads: int) -> np.ndarray:
     return rows.reshape(heads, 2, rows.shape[0] // heads // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
 
 
-def write_gguf(folder: Path, path: Path, qtype: str = "F32", pre: str = "default") -> Path:
-    """The checkpoint in `folder` as a GGUF at `path`; 2-D weights in `qtype` (F32, F16, Q8_0, Q4_1, ...)."""
+def write_gguf(folder: Path, path: Path, qtype: str = "F32", pre: str = "default", vocab: dict | None = None) -> Path:
+    """The checkpoint in `folder` as a GGUF at `path`; 2-D weights in `qtype` (F32, F16, Q8_0, Q4_1, ...);
+    the folder's byte-level BPE tokenizer, or the tokenizer metadata `vocab` (sentencepiece_vocab)."""
     config = json.loads((folder / "config.json").read_text())
     model_arch = ARCH[config["architectures"][0]]
     arch = gguf.MODEL_ARCH_NAMES[model_arch]
@@ -40,7 +41,10 @@ def write_gguf(folder: Path, path: Path, qtype: str = "F32", pre: str = "default
     writer.add_rope_freq_base(float(config.get("rope_theta") or config.get("rope_parameters", {})["rope_theta"]))
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     writer.add_vocab_size(config["vocab_size"])
-    _add_tokenizer(writer, folder, pre)
+    if vocab is None:
+        _add_tokenizer(writer, folder, pre)
+    else:
+        _add_metadata(writer, vocab)
     for name, array in load_file(folder / "model.safetensors").items():
         array = array.astype(np.float32)
         if arch == "llama" and (".q_proj." in name or ".k_proj." in name):
@@ -78,3 +82,36 @@ def _add_tokenizer(writer: gguf.GGUFWriter, folder: Path, pre: str) -> None:
     writer.add_eos_token_id(1)
     writer.add_add_bos_token(False)
     writer.add_chat_template("{% for m in messages %}<|bos|>{{ m['role'] }}\n{{ m['content'] }}<|eos|>{% endfor %}")
+
+
+# sentencepiece's piece kinds -> tokenizer.ggml.token_type (as llama.cpp's converter writes them)
+_PIECE_TYPES = (("is_unknown", 2), ("is_control", 3), ("is_unused", 5), ("is_byte", 6))
+
+
+def sentencepiece_vocab(processor, add_space_prefix: bool = True, user_defined: tuple[str, ...] = ()) -> dict:
+    """The GGUF tokenizer metadata of a sentencepiece model (tokenizer.ggml.model "llama")."""
+    count = processor.get_piece_size()
+    types = []
+    for i in range(count):
+        kind = next((t for test, t in _PIECE_TYPES if getattr(processor, test)(i)), 1)
+        types.append(4 if processor.id_to_piece(i) in user_defined else kind)
+    return {"tokenizer.ggml.model": "llama",
+            "tokenizer.ggml.tokens": [processor.id_to_piece(i) for i in range(count)],
+            "tokenizer.ggml.scores": [float(processor.get_score(i)) for i in range(count)],
+            "tokenizer.ggml.token_type": types,
+            "tokenizer.ggml.bos_token_id": processor.bos_id(), "tokenizer.ggml.eos_token_id": processor.eos_id(),
+            "tokenizer.ggml.unknown_token_id": processor.unk_id(),
+            "tokenizer.ggml.add_space_prefix": add_space_prefix, "tokenizer.ggml.add_bos_token": True}
+
+
+def _add_metadata(writer: gguf.GGUFWriter, values: dict) -> None:
+    """Each key with the GGUF type of its Python value (lists: of their first item's type)."""
+    for key, value in values.items():
+        if isinstance(value, list):
+            writer.add_array(key, value)
+        elif isinstance(value, bool):
+            writer.add_bool(key, value)
+        elif isinstance(value, int):
+            writer.add_uint32(key, value)
+        else:
+            writer.add_string(key, value)

@@ -61,9 +61,31 @@ def pack(weight: np.ndarray, scheme: str) -> dict[str, np.ndarray]:
         w = w.reshape(t1 - t0, TILE, blocks, BLOCK).transpose(0, 2, 1, 3)
         q, scales[t0:t1] = quantize(w, layout)
         qs[t0:t1] = _interleave(q, layout)
+    return _in_layout_order(qs, scales, layout)
+
+
+def pack_q4_blocks(blocks: np.ndarray) -> dict[str, np.ndarray]:
+    """GGUF Q4_1 blocks [N, K/32, 20] (f16 d, f16 m, then byte i: weight i low, weight i + 16 high)
+    -> the packed q4 layout, value for value: the same blocks, scale, minimum and nibble pairing."""
+    n, blocks_per_row, block_bytes = blocks.shape
+    if block_bytes != 20:
+        raise ValueError(f"expected Q4_1 blocks of 20 bytes, got {block_bytes}")
+    layout = PackedLayout("q4", n, blocks_per_row * BLOCK)
+    tiles = layout.tiles
+    padded = np.zeros((tiles * TILE, blocks_per_row, block_bytes), np.uint8)  # missing rows: d = m = 0
+    padded[:n] = blocks
+    d_m = np.ascontiguousarray(padded[..., :4]).view(np.float16)  # [rows, blocks, (d, m)]
+    scales = d_m.reshape(tiles, TILE, blocks_per_row, 2).transpose(0, 2, 3, 1).reshape(tiles, blocks_per_row, -1)
+    qs = np.empty((tiles, blocks_per_row, layout.qbytes), np.uint8)
+    qs[..., _byte_map(layout)[:, :BLOCK // 2]] = padded[..., 4:].reshape(tiles, TILE, blocks_per_row, -1).transpose(0, 2, 1, 3)
+    return _in_layout_order(qs, scales, layout)
+
+
+def _in_layout_order(qs: np.ndarray, scales: np.ndarray, layout: PackedLayout) -> dict[str, np.ndarray]:
+    """qs [tiles, blocks, qbytes] and scales [tiles, groups, nscales] -> the arrays in packed row order."""
     block_rows, group_rows = _rows(layout)
-    return {"qs": qs.reshape(tiles * blocks, -1)[block_rows.ravel().argsort()],
-            "scales": scales.reshape(tiles * layout.groups, -1)[group_rows.ravel().argsort()]}
+    return {"qs": qs.reshape(layout.tiles * layout.blocks, -1)[block_rows.ravel().argsort()],
+            "scales": scales.reshape(layout.tiles * layout.groups, -1)[group_rows.ravel().argsort()]}
 
 
 def dequantize(packed: dict[str, np.ndarray], scheme: str, n: int, k: int) -> np.ndarray:

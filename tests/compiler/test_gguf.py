@@ -88,6 +88,7 @@ def test_bundle_from_gguf_generates_like_transformers(tmp_path):
     bundle = tmp_path / "dist" / "tiny-llama"  # named after the file's stem
     inspect = CliRunner().invoke(main, ["inspect", str(bundle)])
     assert f"source: GGUF file {path}" in inspect.stdout and "16 Q8_0" in inspect.stdout, inspect.stdout
+    assert "0 matrices kept as stored" in inspect.stdout and "16 dequantized and re-quantized to f32" in inspect.stdout
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["provenance"]["sources"]["target"]["format"] == "gguf"
     assert list(manifest["provenance"]["sources"]["target"]["files"]) == ["tiny-llama.gguf"]
@@ -117,6 +118,84 @@ def test_reference_loader_agrees_on_the_tensors(tmp_path):
     theirs = load_reference_gguf(path).state_dict()
     for name in ours.tensors.by_name:
         np.testing.assert_array_equal(ours.read(name), theirs[name].numpy(), err_msg=name)
+
+
+# -- Q4_1 blocks kept as q4 ---------------------------------------------------------------------
+
+def test_q4_1_blocks_pack_as_stored(tmp_path):
+    """Kept blocks are the GGUF's values exactly, and equal re-quantizing wherever that is exact."""
+    from air.compiler.kernels import packing
+    from air.compiler.tensor_map import tensor_map
+
+    ckpt = load_checkpoint(write_gguf(make_checkpoint(tmp_path / "llama", "llama", seed=5), tmp_path / "m.gguf", "Q4_1"))
+    exact = 0
+    for layer, sources in tensor_map(ckpt.spec).matrices.items():
+        names = [name for name, _ in sources]
+        stored = np.concatenate([ckpt.read(name) for name in names])  # dequantized by the gguf library
+        kept = packing.pack_q4_blocks(np.concatenate([ckpt.tensors.q4_blocks(name) for name in names]))
+        np.testing.assert_array_equal(packing.dequantize(kept, "q4", *stored.shape), stored, err_msg=layer)
+        again = packing.pack(stored, "q4")
+        if np.array_equal(packing.dequantize(again, "q4", *stored.shape), stored):
+            exact += 1
+            for leaf in ("qs", "scales"):
+                np.testing.assert_array_equal(kept[leaf], again[leaf], err_msg=f"{layer}.{leaf}")
+    assert exact > 0
+
+
+def _dequantized_folder(ckpt, source, folder):
+    """A Hugging Face folder holding the GGUF's weights as f32 (the dequantize-then-quantize path)."""
+    from safetensors.numpy import save_file
+
+    folder.mkdir()
+    save_file({name: np.ascontiguousarray(ckpt.read(name)) for name in ckpt.tensors.by_name},
+              str(folder / "model.safetensors"))
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        (folder / name).write_bytes((source / name).read_bytes())
+    return folder
+
+
+@pytest.mark.slow  # two compiles: 2-5 minutes on a loaded machine
+def test_q4_1_gguf_keeps_its_blocks_in_a_q4_bundle(tmp_path):
+    from air.compiler.build import compile_bundle
+    from air.compiler.recipe import load_recipe
+
+    source = make_checkpoint(tmp_path / "source", "llama", layers=1, seed=6)
+    path = write_gguf(source, tmp_path / "q41.gguf", "Q4_1")
+    recipe = load_recipe("host").with_overrides(max_context=64, quantization="q4")
+    compile_bundle(str(path), None, recipe, tmp_path / "kept", quiet=True)
+    dequantized = _dequantized_folder(load_checkpoint(path), source, tmp_path / "dequantized")
+    compile_bundle(str(dequantized), None, recipe, tmp_path / "requantized", quiet=True)
+
+    entry = json.loads((tmp_path / "kept" / "manifest.json").read_text())["models"]["target"]
+    matrices = [name for name in load_checkpoint(path).tensors.by_name if name.endswith("proj.weight")
+                or name in ("model.embed_tokens.weight", "lm_head.weight")]
+    assert sorted(entry["source_blocks"]["kept"]) == sorted(matrices) and entry["source_blocks"]["requantized"] == []
+    inspect = CliRunner().invoke(main, ["inspect", str(tmp_path / "kept")])
+    assert f"{len(matrices)} matrices kept as stored" in inspect.stdout and "0 dequantized and re-quantized" \
+        in inspect.stdout, inspect.stdout
+    as_json = CliRunner().invoke(main, ["inspect", "--json", str(tmp_path / "kept")])
+    assert json.loads(as_json.stdout)["models"]["target"]["source_blocks"] == entry["source_blocks"]
+
+    prompt = [5, 17, 42, 99, 123, 7, 250, 31]
+    kept, again = (Bundle.load(tmp_path / name).target for name in ("kept", "requantized"))
+    for model in (kept, again):
+        model.reset()
+    np.testing.assert_allclose(kept.verify(prompt), again.verify(prompt), atol=1e-4)
+
+
+def test_other_formats_and_types_are_requantized(tmp_path):
+    """A Q8_0 file into q4, a Q4_1 file into q8: every matrix re-quantized, none kept."""
+    from air.compiler.kernels import packing
+    from air.compiler.weights import WrittenWeights, _pack_matrix
+
+    source = make_checkpoint(tmp_path / "source", "llama", layers=1)
+    for qtype, scheme in (("Q8_0", "q4"), ("Q4_1", "q8")):
+        ckpt = load_checkpoint(write_gguf(source, tmp_path / f"{qtype}.gguf", qtype))
+        written = WrittenWeights(0, [], [])
+        names = ["model.layers.0.mlp.down_proj.weight"]
+        packed = _pack_matrix(ckpt, names, scheme, written)
+        assert written.kept == [] and written.requantized == names
+        np.testing.assert_array_equal(packed["qs"], packing.pack(ckpt.read(names[0]), scheme)["qs"])
 
 
 # -- hostile files ---------------------------------------------------------------------------------

@@ -86,24 +86,87 @@ def _greedy(bundle: Path, ids: list[int], count: int) -> list[int]:
     return json.loads(result.stdout)["tokens"]
 
 
+@pytest.fixture(scope="module")
+def reference(gguf_path, transformers_tokenizer, tmp_path_factory):
+    """(a Hugging Face folder of the GGUF's dequantized weights, the transformers model on them)."""
+    folder = tmp_path_factory.mktemp("smollm2") / "folder"
+    return folder, _folder_from_gguf(gguf_path, folder, transformers_tokenizer).eval()
+
+
+@pytest.fixture(scope="module")
+def gguf_bundle(gguf_path, tmp_path_factory):
+    """SmolLM2 compiled from its GGUF in f32 (greedy tokens then equal transformers')."""
+    bundle = tmp_path_factory.mktemp("smollm2-gguf") / "from-gguf"
+    _compile(gguf_path, bundle)
+    return bundle
+
+
+def _expected(model, ids: list[int], count: int) -> list[int]:
+    """transformers' greedy answer, up to (not including) the end-of-turn token ours stops before."""
+    with torch.no_grad():
+        out = model.generate(torch.tensor([ids]), max_new_tokens=count, do_sample=False, eos_token_id=2)[0, len(ids):]
+    out = out.tolist()
+    return out[:out.index(2)] if 2 in out else out
+
+
 @pytest.mark.slow
-def test_smollm2_chat_answers_equal_transformers(gguf_path, transformers_tokenizer, tmp_path):
+def test_smollm2_chat_answers_equal_transformers(gguf_bundle, reference, transformers_tokenizer, tmp_path):
     """Compiled from the GGUF and from a folder made of it: both answer a chat prompt greedily with
     the tokens transformers generates on the same dequantized weights."""
-    model = _folder_from_gguf(gguf_path, tmp_path / "folder", transformers_tokenizer)
+    folder, model = reference
     ids = transformers_tokenizer.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
                                                      add_generation_prompt=True, tokenize=True, return_dict=False)
     count = 24
-    with torch.no_grad():
-        expected = model.eval().generate(torch.tensor([ids]), max_new_tokens=count, do_sample=False,
-                                         eos_token_id=2)[0, len(ids):].tolist()
-    _compile(gguf_path, tmp_path / "from-gguf")
-    _compile(tmp_path / "folder", tmp_path / "from-folder")
-    from_gguf = _greedy(tmp_path / "from-gguf", ids, count)
+    expected = _expected(model, ids, count)
+    _compile(folder, tmp_path / "from-folder")
+    from_gguf = _greedy(gguf_bundle, ids, count)
     assert from_gguf == _greedy(tmp_path / "from-folder", ids, count)
-    # transformers' output ends with the end-of-turn token; ours stops before it (finish_reason "stop")
-    assert from_gguf == (expected[:expected.index(2)] if 2 in expected else expected)
+    assert from_gguf == expected
     assert transformers_tokenizer.decode(expected).strip(), "an empty answer would prove little"
-    weights = [json.loads((tmp_path / b / "manifest.json").read_text())["files"]["target/weights.safetensors"]
-               for b in ("from-gguf", "from-folder")]
+    weights = [json.loads((b / "manifest.json").read_text())["files"]["target/weights.safetensors"]
+               for b in (gguf_bundle, tmp_path / "from-folder")]
     assert weights[0]["sha256"] == weights[1]["sha256"]  # the same tensors, bit for bit
+
+
+@pytest.mark.slow
+def test_smollm2_air_run_chat_two_turns_equal_transformers(gguf_bundle, reference, transformers_tokenizer):
+    """air-run chat over a pipe: each greedy answer is transformers' on the same history, and the
+    second turn reuses the first turn's cached tokens."""
+    _, model = reference
+    questions, count = ["What is the capital of France?", "And what is the capital of Germany?"], 24
+    result = subprocess.run([sys.executable, "-m", "air.runtime", "chat", str(gguf_bundle), "--json", "--max-tokens",
+                             str(count), "--speculate", "0"], input="".join(q + "\n" for q in questions),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    turns = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [t["user"] for t in turns] == questions
+    history = []
+    for turn, question in zip(turns, questions):
+        history.append({"role": "user", "content": question})
+        ids = transformers_tokenizer.apply_chat_template(history, add_generation_prompt=True, tokenize=True,
+                                                         return_dict=False)
+        expected = _expected(model, ids, count)
+        assert turn["tokens"] == expected, turn
+        assert turn["stats"]["prompt_tokens"] == len(ids)
+        assert turn["text"] == transformers_tokenizer.decode(expected, skip_special_tokens=True)
+        history.append({"role": "assistant", "content": turn["text"]})
+    assert turns[0]["stats"]["reused_tokens"] == 0 and turns[1]["stats"]["reused_tokens"] > 0
+    assert turns[1]["stats"]["prefilled_tokens"] == turns[1]["stats"]["prompt_tokens"] - turns[1]["stats"]["reused_tokens"]
+
+
+@pytest.mark.slow
+def test_smollm2_q4_build_keeps_every_q4_1_matrix(gguf_path, tmp_path):
+    """A q4 build of the Q4_1 file keeps every Q4_1 matrix as stored; only the Q8_0 embedding is re-quantized."""
+    import gguf
+
+    result = subprocess.run([sys.executable, "-m", "air.compiler", "compile", "--target-model", str(gguf_path),
+                             "--quantization", "q4", "--max-context", "256", "--output", str(tmp_path / "q4")],
+                            capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr
+    print(result.stderr)  # the stage timings
+    q4_1 = {t.name for t in gguf.GGUFReader(gguf_path).tensors if t.tensor_type == gguf.GGMLQuantizationType.Q4_1}
+    tensors = load_checkpoint(gguf_path).tensors
+    stored_q4_1 = sorted(name for name, t in tensors.by_name.items() if t.name in q4_1)
+    blocks = json.loads((tmp_path / "q4" / "manifest.json").read_text())["models"]["target"]["source_blocks"]
+    assert len(stored_q4_1) == 210 and sorted(blocks["kept"]) == stored_q4_1
+    assert blocks["requantized"] == ["model.embed_tokens.weight"]  # stored as Q8_0

@@ -207,3 +207,22 @@ def test_a_dropped_stream_frees_the_engine_and_a_full_queue_answers_429(windowed
     after = api.completions.create(model="bundle", prompt="hi", max_tokens=4, extra_body={"ignore_eos": True})
     assert after.usage.completion_tokens == 4
     assert health(windowed_server)["rejected"] == 1
+
+
+def test_a_dropped_plain_request_is_cancelled_at_once(windowed_server):
+    """A plain request whose client goes away stops at its next round (the windowed cache would
+    let it run for ever) and the next request is served at once (--queue 0: none may wait)."""
+    before = health(windowed_server)
+    body = json.dumps({"model": "bundle", "prompt": "def fibonacci(n):", "max_tokens": 10**6, "temperature": 0,
+                       "ignore_eos": True}).encode()
+    host, port = windowed_server.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=30) as connection:
+        connection.sendall(b"POST /v1/completions HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                           b"Content-Length: %d\r\n\r\n%s" % (host.encode(), len(body), body))
+        wait_for(windowed_server, lambda h: h["generating"], "the plain request did not start")
+    wait_for(windowed_server, lambda h: not h["generating"] and h["cancelled"] == before["cancelled"] + 1,
+             "the dropped plain request was not cancelled")
+    after = client(windowed_server).completions.create(model="bundle", prompt="hi", max_tokens=4,
+                                                       extra_body={"ignore_eos": True})
+    assert after.usage.completion_tokens == 4
+    assert health(windowed_server)["served"] == before["served"] + 1
