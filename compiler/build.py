@@ -13,7 +13,8 @@ from tokenizers import Tokenizer
 
 from air.errors import AirError
 from air.runtime.chat_template import write_chat_template
-from air.runtime.manifest import FORMAT_NAME, FORMAT_VERSION, file_record, read_manifest, write_manifest
+from air.runtime.manifest import (FORMAT_NAME, FORMAT_VERSION, HEAD_TOKENS_FILE, file_record, read_manifest,
+                                  write_head_tokens, write_manifest)
 from air.runtime.routing import ROUTING_FILE
 from air.runtime.signing import write_signature
 from air.devices import Device, host_device, resolve_device
@@ -47,6 +48,9 @@ def _context_length(ckpt: Checkpoint, recipe: Recipe, progress: Progress | None 
 
 def _check_inputs(role: str, ckpt: Checkpoint, recipe: Recipe) -> None:
     """Everything that can be refused without compiling: the limits, then every tensor's presence and shape."""
+    if role == "target" and ckpt.head_tokens is not None:
+        raise AirError(f"{ckpt.path}: has a {HEAD_TOKENS_FILE}, but a target's LM head must cover the whole "
+                       "vocabulary (only a draft may trim its head)")
     limits.check_model(str(ckpt.path), ckpt.spec, recipe.weight_format(role))
     limits.check_kv_cache(recipe.name, _context_length(ckpt, recipe), recipe.kv_sinks, recipe.kv_window)
     check_tensors(ckpt, tensor_map(ckpt.spec))
@@ -92,7 +96,7 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
         executable.export_library(str(folder / "model.so"), **device.export_options())
     with progress.stage(f"writing {role} weights ({scheme})"):
         weight_bytes = write_weights(ckpt, named_params, tensor_map(spec), scheme, folder / "weights.safetensors")
-    return {
+    entry = {
         "architecture": spec.to_dict(),
         "quantization": scheme,
         "library": f"{role}/model.so",
@@ -103,6 +107,10 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
         "weight_bytes": weight_bytes,
         "eos_token_ids": _eos_token_ids(ckpt),
     }
+    if ckpt.head_tokens is not None:
+        write_head_tokens(folder / HEAD_TOKENS_FILE, ckpt.head_tokens)
+        entry["head_tokens"] = f"{role}/{HEAD_TOKENS_FILE}"
+    return entry
 
 
 def _add_routing_table(staging: Path, manifest: dict, target: Checkpoint, draft: Checkpoint, recipe: Recipe,

@@ -183,6 +183,7 @@ def _summary(root: Path, manifest: dict) -> str:
         lines += [
             f"{role}: {arch['architecture']}, {arch['num_layers']} layers, hidden {arch['hidden_size']}, "
             f"heads {arch['num_heads']}/{arch['num_kv_heads']} (q/kv), vocab {entry['vocab_size']}",
+            f"  lm head: {_head_summary(entry)}",
             f"  weights: {entry['quantization']}, {entry['weight_bytes'] / 1e6:.1f} MB",
             f"  source: {_source_summary(manifest['provenance']['sources'].get(role, {}), entry['quantization'])}",
             f"  kv cache: {kinds} {kv.dtype}, context {kv.max_context}, "
@@ -196,6 +197,14 @@ def _summary(root: Path, manifest: dict) -> str:
     lines.append(f"built {prov['built_at']} by air {prov['air_version']} with TVM {prov['tvm_version']}, "
                  f"recipe {prov['recipe']['name']}")
     return "\n".join(lines)
+
+
+def _head_summary(entry: dict) -> str:
+    rows = entry["architecture"].get("head_rows")
+    if rows is None:
+        return f"{entry['vocab_size']} rows (the whole vocabulary)"
+    return (f"{rows} rows of the vocabulary's {entry['vocab_size']} ({100 * rows / entry['vocab_size']:.1f}%, "
+            f"trimmed: {entry['head_tokens']})")
 
 
 def _source_summary(source: dict, quantization: str) -> str:

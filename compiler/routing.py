@@ -93,7 +93,7 @@ def draft_run_lengths(bundle, prompt_ids: list[int], tokens: int) -> list[int]:
     runs = []
     for i in range(tokens):
         run, proposal_logits, next_logits = 0, logits, None
-        while run < MAX_K and i + run < tokens and int(np.argmax(proposal_logits)) == truth[i + run]:
+        while run < MAX_K and i + run < tokens and draft.token_id(int(np.argmax(proposal_logits))) == truth[i + run]:
             proposal_logits = draft.decode(truth[i + run])
             if run == 0:
                 next_logits = proposal_logits

@@ -55,7 +55,7 @@ def write_weights(ckpt: Checkpoint, named_params, mapping: TensorMap, scheme: st
             sources = [source for source, _ in _sources(mapping, name)]
             if leaf in PACKED:
                 if layer not in packed:
-                    packed[layer] = _pack(_read(ckpt, sources, np.float32), scheme)
+                    packed[layer] = _pack(_kept_rows(ckpt, layer, _read(ckpt, sources, np.float32)), scheme)
                 array = packed[layer][leaf]
             else:
                 array = _read(ckpt, sources, None)
@@ -73,6 +73,13 @@ def _read(ckpt: Checkpoint, sources: list[str], dtype) -> np.ndarray:
             raise AirError(f"{ckpt.path}: tensor '{source}' contains NaN or infinity")
         arrays.append(np.asarray(array, dtype=dtype))
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+
+
+def _kept_rows(ckpt: Checkpoint, layer: str, weight: np.ndarray) -> np.ndarray:
+    """A trimmed head keeps only its rows of lm_head.weight, in head_tokens order."""
+    if layer == "lm_head" and ckpt.head_tokens is not None:
+        return weight[ckpt.head_tokens]
+    return weight
 
 
 def _pack(weight: np.ndarray, scheme: str) -> dict[str, np.ndarray]:
