@@ -113,24 +113,25 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
     return entry
 
 
-def _add_routing_table(staging: Path, manifest: dict, target: Checkpoint, draft: Checkpoint, recipe: Recipe,
+def _add_routing_table(staging: Path, manifest: dict, target: Checkpoint, draft: Checkpoint | None, recipe: Recipe,
                        device: Device, rpc: str | None, progress: Progress) -> None:
     """Calibrate on the compiled models and store the table in the bundle.
 
-    Acceptance is a property of the two models: it is measured on the host (on a host build
-    of them when the bundle is for another device). Per-step costs come from the bundle's
-    own libraries: run here when the device is the host, over TVM RPC when an address is
-    given, else estimated from the device profile.
+    Acceptance (the draft's, and lookup's per prompt class) is a property of the models: it is
+    measured on the host (on a host build of them when the bundle is for another device).
+    Per-step costs come from the bundle's own libraries: run here when the device is the
+    host, over TVM RPC when an address is given, else estimated from the device profile.
     """
     prompts = recipe_prompts(recipe)
+    transform = recipe_prompts(recipe, "transform_prompts")
     if device.name == "host":
-        measurements = calibrate(staging, prompts, progress)
+        measurements = calibrate(staging, prompts, progress, transform)
     else:
         with tempfile.TemporaryDirectory(prefix="air-host-twin-") as twin:
             progress.note("building a host copy of both models to measure acceptance")
             quiet = Progress(total_stages=0, quiet=True)
             _write_bundle(Path(twin), target, draft, recipe, host_device(), f"{manifest['name']}-host", quiet)
-            measurements = calibrate(Path(twin), prompts, progress)
+            measurements = calibrate(Path(twin), prompts, progress, transform)
         if rpc:
             progress.note(f"per-step costs on the device over TVM RPC ({rpc})")
             measurements["costs"] = measure_costs_rpc(staging, manifest, rpc)
@@ -146,15 +147,19 @@ def _add_routing_table(staging: Path, manifest: dict, target: Checkpoint, draft:
     write_manifest(staging, manifest)
 
 
-def recipe_prompts(recipe: Recipe) -> list[str]:
-    if recipe.calibration_prompts is None:
-        return default_prompts()
-    path = Path(recipe.calibration_prompts)
+_DEFAULT_PROMPTS = {"calibration_prompts": "calibration.txt", "transform_prompts": "calibration-transform.txt"}
+
+
+def recipe_prompts(recipe: Recipe, key: str = "calibration_prompts") -> list[str]:
+    """The recipe's prompt file for `key` (blank-line separated), else the packaged one."""
+    if getattr(recipe, key) is None:
+        return default_prompts(_DEFAULT_PROMPTS[key])
+    path = Path(getattr(recipe, key))
     if not path.is_file():
-        raise AirError(f"recipe {recipe.name}: calibration_prompts file {path} not found")
+        raise AirError(f"recipe {recipe.name}: {key} file {path} not found")
     prompts = [p for p in path.read_text().split("\n\n") if p.strip()]
     if not prompts:
-        raise AirError(f"recipe {recipe.name}: calibration_prompts file {path} has no prompts")
+        raise AirError(f"recipe {recipe.name}: {key} file {path} has no prompts")
     return prompts
 
 
@@ -201,8 +206,10 @@ def compile_bundle(target_path: str, draft_path: str | None, recipe: Recipe, out
     """`signing_key` (an Ed25519 private key): sign the manifest before the bundle is published."""
     from .bundle_writer import staged_bundle
 
-    progress = Progress(total_stages=4 if draft_path is None else 7, quiet=quiet)
     device = resolve_device(recipe.device)
+    # Without a draft only lookup is calibrated, on the host (a host twin for it is not built).
+    routed = draft_path is not None or device.name == "host"
+    progress = Progress(total_stages=(4 if draft_path is None else 6) + routed, quiet=quiet)
     with progress.stage("reading checkpoints"):
         target = load_checkpoint(target_path)
         draft = load_checkpoint(draft_path) if draft_path else None
@@ -213,7 +220,7 @@ def compile_bundle(target_path: str, draft_path: str | None, recipe: Recipe, out
             _check_inputs("draft", draft, recipe)
     with staged_bundle(output) as staging:
         manifest = _write_bundle(staging, target, draft, recipe, device, output.name, progress)
-        if draft is not None:
+        if routed:
             with progress.stage("calibrating the routing table"):
                 _add_routing_table(staging, manifest, target, draft, recipe, device, rpc, progress)
         if signing_key is not None:

@@ -221,12 +221,14 @@ def _routing_summary(root: Path, manifest: dict) -> list[str]:
     if "routing" not in manifest:
         return ["routing: no table (the target serves alone unless air-run is given --speculate)"]
     table = json.loads((root / manifest["routing"]).read_text())
+    mem = "both" if "draft" in manifest["models"] else "target"
     lines = [f"routing: {manifest['routing']}, costs {table['measurements']['cost_source']}; "
-             "rows with both models in memory (the file has the other memory classes):"]
+             f"rows with {'both models' if mem == 'both' else 'the target'} in memory (the file has the other "
+             "memory classes):"]
     for key, row in table["rows"].items():
-        if key.endswith("mem:both"):
-            path = f"speculative k={row['k']}" if row["path"] == "speculative" else row["path"]
-            lines.append(f"  {key.removesuffix('|mem:both'):<34} -> {path:<16} "
+        if key.endswith(f"mem:{mem}"):
+            path = f"{row['path']} k={row['k']}" if row["path"] in ("speculative", "lookup") else row["path"]
+            lines.append(f"  {key.removesuffix(f'|mem:{mem}'):<34} -> {path:<16} "
                          f"{row['expected_tokens_per_second']:>9.1f} tok/s expected")
     return lines
 

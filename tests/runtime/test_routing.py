@@ -4,11 +4,11 @@ import json
 
 import pytest
 
+from air.compiler import lookup_replay
 from air.compiler.routing import MAX_K, acceptance_by_k, build_table, draft_run_lengths
 from air.runtime import Bundle
 from helpers import air_run
 from air.runtime.routing import TIERS, ModelCosts, StepCosts
-
 
 
 def fake_measurements(acceptance_per_token: float, draft_cost: float = 0.1) -> dict:
@@ -32,6 +32,34 @@ def test_table_is_deterministic_and_follows_the_measurements():
         assert never["rows"][f"{tier}|prompt<=64|gen>256|mem:both"]["path"] in (
             ("target",) if tier != "fast" else ("target", "draft"))
     assert never["rows"]["exact|prompt<=64|gen>256|mem:both"]["path"] == "target"
+
+
+def lookup_measurements(verify_cost: float) -> dict:
+    """No draft; lookup replayed over a continuation that copies its prompt ("transform") and
+    one that never repeats ("open"); verify passes cost verify_cost decodes."""
+    prompt = list(range(10, 40))
+    copied = lookup_replay.replay(prompt + [1], prompt[:20], 4)  # [1] then the prompt again: the lookup finds it
+    fresh = lookup_replay.replay(prompt, list(range(100, 120)), 4)
+    assert sum(a for _, a in copied) > 10 and sum(n for n, _ in fresh) == 0
+    costs = StepCosts(target=ModelCosts(prefill_per_token=0.01, decode=1.0), draft=None,
+                      target_verify={k: verify_cost for k in range(1, MAX_K + 1)})
+    by_class = {"open": fresh, "transform": copied}
+    return {"lookup_acceptance": {c: {str(k): lookup_replay.summarise(r) for k in range(1, MAX_K + 1)}
+                                  for c, r in by_class.items()},
+            "costs": costs, "cost_source": "test"}
+
+
+def test_lookup_rows_follow_the_prompt_class_and_the_costs():
+    rows = build_table(lookup_measurements(verify_cost=1.2), "f32")["rows"]
+    for tier in TIERS:  # exact too: lookup keeps the target's output
+        transform = rows[f"{tier}|prompt<=512|gen<=256|mem:target"]
+        assert transform["path"] == "lookup" and transform["k"] >= 1, transform
+        assert "transformation of given text" in transform["reason"]
+        assert rows[f"{tier}|prompt<=512|gen<=256|mem:both"]["path"] == "lookup"
+        assert rows[f"{tier}|prompt<=64|gen<=256|mem:target"]["path"] == "target"  # nothing to look up
+        assert rows[f"{tier}|prompt<=512|gen<=256|mem:draft"]["path"] == "refuse"  # lookup runs the target
+    costly = build_table(lookup_measurements(verify_cost=30.0), "f32")["rows"]
+    assert costly["balanced|prompt<=512|gen<=256|mem:target"]["path"] == "target"
 
 
 def test_memory_classes_and_tiers():
