@@ -61,10 +61,11 @@ def test_max_ngram_must_be_positive():
 
 from air.compiler import lookup_replay  # noqa: E402
 from air.compiler.build import compile_bundle  # noqa: E402
-from air.compiler.routing import MAX_K, target_continuation  # noqa: E402
+from air.compiler.routing import MAX_K, build_table, target_continuation  # noqa: E402
+from air.runtime import routing  # noqa: E402
 from air.compiler.recipe import load_recipe  # noqa: E402
 from air.runtime import Bundle  # noqa: E402
-from air.runtime.routing import row_key  # noqa: E402
+from air.runtime.routing import StepCosts, row_key  # noqa: E402
 from air.runtime.sampling import probabilities  # noqa: E402
 
 from helpers import cli_env, own_stderr  # noqa: E402
@@ -265,18 +266,31 @@ def test_replayed_lookup_matches_the_runtime_loop(loaded):
 
 def test_a_bundle_without_a_draft_routes_a_transformation_to_lookup(alone, loaded):
     table = json.loads((alone / "routing.json").read_text())
-    assert set(table["measurements"]["lookup_acceptance"]) == {"open", "transform"}
-    assert set(table["measurements"]["lookup_acceptance"]["transform"]) == {str(k) for k in range(1, MAX_K + 1)}
+    measured = table["measurements"]
+    assert set(measured["lookup_acceptance"]) == {"open", "transform"}
+    assert set(measured["lookup_acceptance"]["transform"]) == {str(k) for k in range(1, MAX_K + 1)}
     bundle = loaded["alone"]
     prompt = bundle.encode(TRANSFORM)
     assert 64 < len(prompt) <= 128 - 32 - MAX_K
+    # the table's row follows its measurements: lookup exactly when its best k measured faster
+    row = routing.lookup(table, "exact", len(prompt), 32, "target")
     rates = table["lookup_decode_tokens_per_second"]["transform"]
-    best = max(rates, key=rates.get)
-    assert rates[best] > table["decode_tokens_per_second"]["target"], "lookup measured faster on this model"
-    routed = bundle.generate(prompt_ids=prompt, max_tokens=32, quality="exact")
+    assert (row.path == "lookup") == (max(rates.values()) > table["decode_tokens_per_second"]["target"]), row
+    # the same lookup measurements with a verify pass costing 1.2 decode steps (as on a device
+    # where decode reads the weights from memory) route the transformation to lookup
+    costs = StepCosts.from_dict(measured["costs"])
+    decode = costs.target.decode
+    cheap_verify = StepCosts(costs.target, None, {k: 1.2 * decode for k in costs.target_verify})
+    saved = bundle.routing
+    try:
+        bundle.routing = build_table({**measured, "costs": cheap_verify}, "float32")
+        routed = bundle.generate(prompt_ids=prompt, max_tokens=32, quality="exact")
+    finally:
+        bundle.routing = saved
     assert routed.route.path == "lookup" and routed.route.key.endswith("mem:target")
     assert routed.stats["proposer"] == "lookup" and routed.stats["lookup_accepted"] > 0
     assert routed.tokens == bundle.generate(prompt_ids=prompt, max_tokens=32, speculate=0).tokens
     explained = _air_run(alone, "--prompt", TRANSFORM, "--max-tokens", 32, "--explain", "--quality", "exact")
     assert explained.returncode == 0, explained.stderr
-    assert "-> lookup k=" in explained.stderr and "taken for a transformation of given text" in explained.stderr
+    assert "route: row 'exact|prompt<=512|gen<=32|mem:target'" in explained.stderr
+    assert "taken for a transformation of given text" in explained.stderr
