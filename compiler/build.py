@@ -13,7 +13,8 @@ from tokenizers import Tokenizer
 
 from air.errors import AirError
 from air.runtime.chat_template import write_chat_template
-from air.runtime.manifest import FORMAT_NAME, FORMAT_VERSION, file_record, read_manifest, write_manifest
+from air.runtime.manifest import (FORMAT_NAME, FORMAT_VERSION, HEAD_TOKENS_FILE, file_record, read_manifest,
+                                  write_head_tokens, write_manifest)
 from air.runtime.routing import ROUTING_FILE
 from air.runtime.signing import write_signature
 from air.devices import Device, host_device, resolve_device
@@ -48,6 +49,9 @@ def _context_length(ckpt: Checkpoint, recipe: Recipe, progress: Progress | None 
 
 def _check_inputs(role: str, ckpt: Checkpoint, recipe: Recipe) -> None:
     """Everything that can be refused without compiling: the limits, then every tensor's presence and shape."""
+    if role == "target" and ckpt.head_tokens is not None:
+        raise AirError(f"{ckpt.path}: has a {HEAD_TOKENS_FILE}, but a target's LM head must cover the whole "
+                       "vocabulary (only a draft may trim its head)")
     limits.check_model(str(ckpt.path), ckpt.spec, recipe.weight_format(role))
     limits.check_kv_cache(recipe.name, _context_length(ckpt, recipe), recipe.kv_sinks, recipe.kv_window)
     check_tensors(ckpt, tensor_map(ckpt.spec))
@@ -100,7 +104,7 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
         written = write_weights(ckpt, named_params, tensor_map(spec), scheme, folder / "weights.safetensors")
     blocks = {"source_blocks": {"kept": written.kept, "requantized": written.requantized}} \
         if written.kept or written.requantized else {}
-    return {
+    entry = {
         "architecture": spec.to_dict(),
         "quantization": scheme,
         "library": f"{role}/model.so",
@@ -112,26 +116,31 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
         "eos_token_ids": _eos_token_ids(ckpt),
         **blocks,
     }
+    if ckpt.head_tokens is not None:
+        write_head_tokens(folder / HEAD_TOKENS_FILE, ckpt.head_tokens)
+        entry["head_tokens"] = f"{role}/{HEAD_TOKENS_FILE}"
+    return entry
 
 
-def _add_routing_table(staging: Path, manifest: dict, target: Checkpoint, draft: Checkpoint, recipe: Recipe,
+def _add_routing_table(staging: Path, manifest: dict, target: Checkpoint, draft: Checkpoint | None, recipe: Recipe,
                        device: Device, rpc: str | None, progress: Progress) -> None:
     """Calibrate on the compiled models and store the table in the bundle.
 
-    Acceptance is a property of the two models: it is measured on the host (on a host build
-    of them when the bundle is for another device). Per-step costs come from the bundle's
-    own libraries: run here when the device is the host, over TVM RPC when an address is
-    given, else estimated from the device profile.
+    Acceptance (the draft's, and lookup's per prompt class) is a property of the models: it is
+    measured on the host (on a host build of them when the bundle is for another device).
+    Per-step costs come from the bundle's own libraries: run here when the device is the
+    host, over TVM RPC when an address is given, else estimated from the device profile.
     """
     prompts = recipe_prompts(recipe)
+    transform = recipe_prompts(recipe, "transform_prompts")
     if device.name == "host":
-        measurements = calibrate(staging, prompts, progress)
+        measurements = calibrate(staging, prompts, progress, transform)
     else:
         with tempfile.TemporaryDirectory(prefix="air-host-twin-") as twin:
             progress.note("building a host copy of both models to measure acceptance")
             quiet = Progress(total_stages=0, quiet=True)
             _write_bundle(Path(twin), target, draft, recipe, host_device(), f"{manifest['name']}-host", quiet)
-            measurements = calibrate(Path(twin), prompts, progress)
+            measurements = calibrate(Path(twin), prompts, progress, transform)
         if rpc:
             progress.note(f"per-step costs on the device over TVM RPC ({rpc})")
             measurements["costs"] = measure_costs_rpc(staging, manifest, rpc)
@@ -147,15 +156,19 @@ def _add_routing_table(staging: Path, manifest: dict, target: Checkpoint, draft:
     write_manifest(staging, manifest)
 
 
-def recipe_prompts(recipe: Recipe) -> list[str]:
-    if recipe.calibration_prompts is None:
-        return default_prompts()
-    path = Path(recipe.calibration_prompts)
+_DEFAULT_PROMPTS = {"calibration_prompts": "calibration.txt", "transform_prompts": "calibration-transform.txt"}
+
+
+def recipe_prompts(recipe: Recipe, key: str = "calibration_prompts") -> list[str]:
+    """The recipe's prompt file for `key` (blank-line separated), else the packaged one."""
+    if getattr(recipe, key) is None:
+        return default_prompts(_DEFAULT_PROMPTS[key])
+    path = Path(getattr(recipe, key))
     if not path.is_file():
-        raise AirError(f"recipe {recipe.name}: calibration_prompts file {path} not found")
+        raise AirError(f"recipe {recipe.name}: {key} file {path} not found")
     prompts = [p for p in path.read_text().split("\n\n") if p.strip()]
     if not prompts:
-        raise AirError(f"recipe {recipe.name}: calibration_prompts file {path} has no prompts")
+        raise AirError(f"recipe {recipe.name}: {key} file {path} has no prompts")
     return prompts
 
 
@@ -202,8 +215,10 @@ def compile_bundle(target_path: str, draft_path: str | None, recipe: Recipe, out
     """`signing_key` (an Ed25519 private key): sign the manifest before the bundle is published."""
     from .bundle_writer import staged_bundle
 
-    progress = Progress(total_stages=4 if draft_path is None else 7, quiet=quiet)
     device = resolve_device(recipe.device)
+    # Without a draft only lookup is calibrated, on the host (a host twin for it is not built).
+    routed = draft_path is not None or device.name == "host"
+    progress = Progress(total_stages=(4 if draft_path is None else 6) + routed, quiet=quiet)
     with progress.stage("reading checkpoints"):
         target = load_checkpoint(target_path)
         draft = load_checkpoint(draft_path) if draft_path else None
@@ -214,7 +229,7 @@ def compile_bundle(target_path: str, draft_path: str | None, recipe: Recipe, out
             _check_inputs("draft", draft, recipe)
     with staged_bundle(output) as staging:
         manifest = _write_bundle(staging, target, draft, recipe, device, output.name, progress)
-        if draft is not None:
+        if routed:
             with progress.stage("calibrating the routing table"):
                 _add_routing_table(staging, manifest, target, draft, recipe, device, rpc, progress)
         if signing_key is not None:

@@ -12,7 +12,7 @@ from typing import Protocol
 import numpy as np
 
 from air.errors import AirError
-from air.runtime.manifest import sha256_file
+from air.runtime.manifest import HEAD_TOKENS_FILE, load_head_tokens, sha256_file
 from air.runtime.tensor_file import SafetensorsFile
 
 from .spec import DecoderSpec, spec_from_config
@@ -59,6 +59,7 @@ class Checkpoint:
     source_files: list[Path]  # every file the build reads, hashed into the provenance
     source_details: dict = dataclasses.field(default_factory=lambda: {"format": "huggingface"})
     chat_template: str | None = None
+    head_tokens: list[int] | None = None  # a trimmed LM head's rows (lm_head.weight rows kept, in order)
 
     def has(self, name: str) -> bool:
         return self.tensors.has(name)
@@ -115,6 +116,16 @@ def _chat_template(folder: Path, tokenizer_config: dict) -> str | None:
     return template
 
 
+def _head_tokens(folder: Path, spec: DecoderSpec) -> list[int] | None:
+    """head_tokens.json: the lm_head rows a draft's trimmed head keeps."""
+    path = folder / HEAD_TOKENS_FILE
+    if not path.exists():
+        return None
+    if spec.tie_word_embeddings:
+        raise AirError(f"{path}: a trimmed head needs its own lm_head.weight (tie_word_embeddings false)")
+    return load_head_tokens(path, spec.vocab_size)
+
+
 def load_checkpoint(path: str | Path) -> Checkpoint:
     """A Hugging Face checkpoint folder or a .gguf file."""
     path = Path(path)
@@ -133,6 +144,9 @@ def _load_folder(folder: Path) -> Checkpoint:
         raise AirError(f"{folder}: checkpoint folder not found")
     config = _read_json(folder / "config.json", "model configuration")
     spec = spec_from_config(config, str(folder))
+    head_tokens = _head_tokens(folder, spec)
+    if head_tokens is not None:
+        spec = dataclasses.replace(spec, head_rows=len(head_tokens))
     weight_files = _weight_files(folder)
     if not (folder / "tokenizer.json").exists():
         raise AirError(f"{folder}: missing tokenizer.json")
@@ -141,7 +155,7 @@ def _load_folder(folder: Path) -> Checkpoint:
     tokenizer_config = _read_json(tok_config, "tokenizer settings") if tok_config.exists() else {}
     tokenizer_files = {name: (folder / name).read_bytes() for name in TOKENIZER_FILES if (folder / name).exists()}
     read = [folder / "config.json", *weight_files] + [folder / name for name in tokenizer_files]
-    read += [path for path in (generation, folder / CHAT_TEMPLATE_FILE) if path.exists()]
+    read += [path for path in (generation, folder / CHAT_TEMPLATE_FILE, folder / HEAD_TOKENS_FILE) if path.exists()]
     return Checkpoint(
         path=folder,
         config=config,
@@ -152,4 +166,5 @@ def _load_folder(folder: Path) -> Checkpoint:
         tokenizer_files=tokenizer_files,
         source_files=read,
         chat_template=_chat_template(folder, tokenizer_config),
+        head_tokens=head_tokens,
     )

@@ -183,6 +183,7 @@ def _summary(root: Path, manifest: dict) -> str:
         lines += [
             f"{role}: {arch['architecture']}, {arch['num_layers']} layers, hidden {arch['hidden_size']}, "
             f"heads {arch['num_heads']}/{arch['num_kv_heads']} (q/kv), vocab {entry['vocab_size']}",
+            f"  lm head: {_head_summary(entry)}",
             f"  weights: {entry['quantization']}, {entry['weight_bytes'] / 1e6:.1f} MB",
             f"  source: {_source_summary(manifest['provenance']['sources'].get(role, {}), entry)}",
             f"  kv cache: {kinds} {kv.dtype}, context {kv.max_context}, "
@@ -196,6 +197,14 @@ def _summary(root: Path, manifest: dict) -> str:
     lines.append(f"built {prov['built_at']} by air {prov['air_version']} with TVM {prov['tvm_version']}, "
                  f"recipe {prov['recipe']['name']}")
     return "\n".join(lines)
+
+
+def _head_summary(entry: dict) -> str:
+    rows = entry["architecture"].get("head_rows")
+    if rows is None:
+        return f"{entry['vocab_size']} rows (the whole vocabulary)"
+    return (f"{rows} rows of the vocabulary's {entry['vocab_size']} ({100 * rows / entry['vocab_size']:.1f}%, "
+            f"trimmed: {entry['head_tokens']})")
 
 
 def _source_summary(source: dict, entry: dict) -> str:
@@ -214,12 +223,14 @@ def _routing_summary(root: Path, manifest: dict) -> list[str]:
     if "routing" not in manifest:
         return ["routing: no table (the target serves alone unless air-run is given --speculate)"]
     table = json.loads((root / manifest["routing"]).read_text())
+    mem = "both" if "draft" in manifest["models"] else "target"
     lines = [f"routing: {manifest['routing']}, costs {table['measurements']['cost_source']}; "
-             "rows with both models in memory (the file has the other memory classes):"]
+             f"rows with {'both models' if mem == 'both' else 'the target'} in memory (the file has the other "
+             "memory classes):"]
     for key, row in table["rows"].items():
-        if key.endswith("mem:both"):
-            path = f"speculative k={row['k']}" if row["path"] == "speculative" else row["path"]
-            lines.append(f"  {key.removesuffix('|mem:both'):<34} -> {path:<16} "
+        if key.endswith(f"mem:{mem}"):
+            path = f"{row['path']} k={row['k']}" if row["path"] in ("speculative", "lookup") else row["path"]
+            lines.append(f"  {key.removesuffix(f'|mem:{mem}'):<34} -> {path:<16} "
                          f"{row['expected_tokens_per_second']:>9.1f} tok/s expected")
     return lines
 

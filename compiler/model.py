@@ -101,7 +101,7 @@ class CausalLM(nn.Module):
         self.kv = kv
         self.model = Backbone(spec, fmt)
         if not spec.tie_word_embeddings:
-            self.lm_head = Linear(spec.hidden_size, spec.vocab_size, False, fmt)
+            self.lm_head = Linear(spec.hidden_size, spec.logit_rows, False, fmt)
         # Built by the compiler from the config (not a checkpoint tensor).
         self.rope_inv_freq = nn.Parameter((spec.head_dim // 2,), "float32")
 

@@ -13,7 +13,8 @@ from air.runtime.contract import KV_DTYPES
 
 from .layers import FORMATS
 
-_KEYS = {"device", "quantization", "draft_quantization", "kv_cache", "threads", "memory_budget_mb", "calibration_prompts", "description"}
+_KEYS = {"device", "quantization", "draft_quantization", "kv_cache", "threads", "memory_budget_mb", "calibration_prompts",
+         "transform_prompts", "description"}
 _KV_KEYS = {"dtype", "max_context", "sinks", "window"}
 
 
@@ -30,6 +31,7 @@ class Recipe:
     threads: int
     memory_budget_mb: int
     calibration_prompts: str | None
+    transform_prompts: str | None  # transformations of given text, where lookup pays (None: the packaged ones)
     source: dict
 
     def weight_format(self, role: str) -> str:
@@ -103,5 +105,6 @@ def load_recipe(name_or_path: str) -> Recipe:
         threads=_positive_int(name, "threads", data.get("threads", 0), 0),
         memory_budget_mb=_positive_int(name, "memory_budget_mb", data.get("memory_budget_mb", 0), 0),
         calibration_prompts=data.get("calibration_prompts"),
+        transform_prompts=data.get("transform_prompts"),
         source=data,
     )

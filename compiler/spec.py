@@ -38,9 +38,15 @@ class DecoderSpec:
     qk_norm: bool  # RMSNorm over head_dim on q and k before RoPE (Qwen3)
     max_position_embeddings: int
     sliding_window: int | None
+    head_rows: int | None = None  # a draft's trimmed LM head (checkpoint's head_tokens.json); None: vocab_size
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    @property
+    def logit_rows(self) -> int:
+        """Rows of the LM head: one per logit the compiled functions return."""
+        return self.head_rows or self.vocab_size
 
     @property
     def kv_width(self) -> int:

@@ -67,7 +67,7 @@ def write_weights(ckpt: Checkpoint, named_params, mapping: TensorMap, scheme: st
             sources = [source for source, _ in _sources(mapping, name)]
             if leaf in PACKED:
                 if layer not in packed:
-                    packed[layer] = _pack_matrix(ckpt, sources, scheme, written)
+                    packed[layer] = _pack_matrix(ckpt, layer, sources, scheme, written)
                 array = packed[layer][leaf]
             else:
                 array = _read(ckpt, sources, None)
@@ -77,14 +77,16 @@ def write_weights(ckpt: Checkpoint, named_params, mapping: TensorMap, scheme: st
     return written
 
 
-def _pack_matrix(ckpt: Checkpoint, sources: list[str], scheme: str, written: WrittenWeights) -> dict[str, np.ndarray]:
+def _pack_matrix(ckpt: Checkpoint, layer: str, sources: list[str], scheme: str,
+                 written: WrittenWeights) -> dict[str, np.ndarray]:
     """The sources' rows stacked in the format: as stored when every source is Q4_1 and the format q4."""
     stored = [ckpt.tensors.stored_type(source) for source in sources]
     if scheme == "q4" and all(kind == "Q4_1" for kind in stored):
         written.kept += sources
-        return packing.pack_q4_blocks(np.concatenate([_q4_blocks(ckpt, source) for source in sources]))
+        blocks = np.concatenate([_q4_blocks(ckpt, source) for source in sources])
+        return packing.pack_q4_blocks(_kept_rows(ckpt, layer, blocks))
     written.requantized += [source for source, kind in zip(sources, stored) if kind not in FLOAT_TYPES]
-    return _pack(_read(ckpt, sources, np.float32), scheme)
+    return _pack(_kept_rows(ckpt, layer, _read(ckpt, sources, np.float32)), scheme)
 
 
 def _q4_blocks(ckpt: Checkpoint, source: str) -> np.ndarray:
@@ -103,6 +105,13 @@ def _read(ckpt: Checkpoint, sources: list[str], dtype) -> np.ndarray:
             raise AirError(f"{ckpt.path}: tensor '{source}' contains NaN or infinity")
         arrays.append(np.asarray(array, dtype=dtype))
     return arrays[0] if len(arrays) == 1 else np.concatenate(arrays, axis=0)
+
+
+def _kept_rows(ckpt: Checkpoint, layer: str, weight: np.ndarray) -> np.ndarray:
+    """A trimmed head keeps only its rows of lm_head.weight, in head_tokens order."""
+    if layer == "lm_head" and ckpt.head_tokens is not None:
+        return weight[ckpt.head_tokens]
+    return weight
 
 
 def _pack(weight: np.ndarray, scheme: str) -> dict[str, np.ndarray]:

@@ -10,7 +10,8 @@ after a fully accepted round; `DraftProposer.behind` lists what it still has to 
      after a fully accepted run); the caches roll back by a length change.
 Greedy output is token-identical to the target alone; with sampling, rejection sampling
 (Leviathan et al. 2023; Chen et al. 2023) keeps the target's distribution exactly; a lookup's
-proposal is a point mass (q(x) = 1).
+proposal is a point mass (q(x) = 1). A draft whose LM head covers only some tokens
+(CompiledModel.head_tokens) proposes through them: its q is zero outside them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 
 from .lookup import NgramLookup
 from .model import CompiledModel
-from .sampling import Sampler, point_mass
+from .sampling import Sampler, point_mass, scatter
 from .threads import ThreadGovernor
 
 
@@ -82,14 +83,20 @@ class DraftProposer:
         proposals, probs = [], None if sampler.greedy else []
         for i in range(n):
             if sampler.greedy:
-                token = int(logits.argmax())  # the method: np.argmax's dispatch costs 0.7 us more
+                token = draft.token_id(int(logits.argmax()))  # the method: np.argmax's dispatch costs 0.7 us more
             else:
-                probs.append(sampler.distribution(logits))
+                probs.append(self._distribution(sampler, logits))
                 token = sampler.draw(probs[-1])
             proposals.append(token)
             if i < n - 1:
                 logits = counters.timed("draft", draft.decode, token)
         return proposals, probs
+
+    def _distribution(self, sampler: Sampler, logits: np.ndarray) -> np.ndarray:
+        """q over the whole vocabulary (what the target's verdict compares with p)."""
+        probs = sampler.distribution(logits)
+        heads = self.model.head_tokens
+        return probs if heads is None else scatter(probs, heads, self.model.vocab_size)
 
     def commit(self, proposals: list[int], committed: list[int]) -> None:
         if not proposals:
@@ -171,7 +178,7 @@ class Generator:
             else:
                 logits = counters.timed("target", self.target.decode, last)
                 counters.target_passes += 1
-                committed = [self.sampler.pick(logits)]
+                committed = [self.target.token_id(self.sampler.pick(logits))]  # the draft serving alone may trim
             if proposer is not None:
                 proposer.commit(proposals, committed)
             self.sequence += committed

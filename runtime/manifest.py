@@ -8,6 +8,7 @@ both halves agree by construction. A bundle is one folder:
   <role>/weights.safetensors
   tokenizer.json, tokenizer_config.json
   chat_template.jinja      when the checkpoint has one (tokenizer.chat_template names it)
+  draft/head_tokens.json   a draft whose LM head covers only some tokens: their ids, one per row
 
 Each model's KV cache and compiled functions are typed in contract.py.
 """
@@ -19,6 +20,8 @@ import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from air.errors import AirError
 
 from .contract import KVCacheSpec
@@ -28,6 +31,7 @@ FORMAT_NAME = "air-bundle"
 FORMAT_VERSION = 2
 MANIFEST_NAME = "manifest.json"
 MODEL_ROLES = ("target", "draft")
+HEAD_TOKENS_FILE = "head_tokens.json"  # {"token_ids": [...]}: a trimmed LM head's rows, in order
 
 _REQUIRED_TOP = {"format": str, "format_version": int, "name": str, "device": dict, "models": dict,
                  "tokenizer": dict, "files": dict, "provenance": dict}
@@ -77,6 +81,7 @@ def validate(manifest: dict) -> None:
             raise AirError(f"manifest: unknown model role '{role}'")
         _check_keys(entry, _REQUIRED_MODEL, f"models.{role}")
         kv_spec(entry, role)
+        _check_head_entry(entry, role, manifest["files"])
         for key in ("library", "weights"):
             if entry[key] not in manifest["files"]:
                 raise AirError(f"manifest: models.{role}.{key} '{entry[key]}' is not in the file list")
@@ -88,6 +93,57 @@ def validate(manifest: dict) -> None:
     template = manifest["tokenizer"].get("chat_template")
     if template is not None and template not in manifest["files"]:
         raise AirError(f"manifest: chat template '{template}' is not in the file list")
+
+
+def _check_head_entry(entry: dict, role: str, files: dict) -> None:
+    if "head_tokens" not in entry:
+        return
+    if role != "draft":
+        raise AirError(f"manifest: models.{role} has a trimmed LM head; only a draft may (the target's "
+                       "distribution must cover the whole vocabulary)")
+    if not isinstance(entry["head_tokens"], str) or entry["head_tokens"] not in files:
+        raise AirError(f"manifest: models.{role}.head_tokens '{entry['head_tokens']}' is not in the file list")
+
+
+def check_head_tokens(data, vocab: int, where: str) -> list[int]:
+    """The ids of a trimmed LM head's rows ({"token_ids": [...]}): distinct, below `vocab`, at least one."""
+    ids = data.get("token_ids") if isinstance(data, dict) else None
+    if not isinstance(ids, list) or not all(type(i) is int for i in ids):
+        raise AirError(f"{where}: should be {{\"token_ids\": [integer token ids]}}")
+    if not ids:
+        raise AirError(f"{where}: token_ids is empty (the head needs at least one row)")
+    outside = [i for i in ids if not 0 <= i < vocab]
+    if outside:
+        raise AirError(f"{where}: token id {outside[0]} is outside the vocabulary (0..{vocab - 1})")
+    seen = set()
+    for i in ids:
+        if i in seen:
+            raise AirError(f"{where}: token id {i} appears more than once")
+        seen.add(i)
+    return ids
+
+
+def load_head_tokens(path: Path, vocab: int) -> list[int]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise AirError(f"{path}: not valid JSON ({e})") from None
+    return check_head_tokens(data, vocab, str(path))
+
+
+def write_head_tokens(path: Path, ids: list[int]) -> None:
+    path.write_text(json.dumps({"token_ids": list(ids)}) + "\n")
+
+
+def head_tokens(root: Path, entry: dict, role: str) -> np.ndarray | None:
+    """A model's head rows as token ids (numpy int64), checked against its logits; None: one row per token."""
+    if "head_tokens" not in entry:
+        return None
+    ids = load_head_tokens(_inside(root, entry["head_tokens"]), entry["vocab_size"])
+    rows = entry["architecture"].get("head_rows")
+    if rows != len(ids):
+        raise AirError(f"manifest: models.{role} has {rows} head rows but {entry['head_tokens']} lists {len(ids)} ids")
+    return np.array(ids, dtype=np.int64)
 
 
 def kv_spec(entry: dict, role: str) -> KVCacheSpec:

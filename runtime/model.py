@@ -15,7 +15,7 @@ from tvm.runtime.vm import VirtualMachine
 
 from air.errors import AirError
 from .contract import call_arguments
-from .manifest import kv_spec
+from .manifest import head_tokens, kv_spec
 from .tensor_file import ALIGNMENT, SafetensorsFile
 
 _REUSED_LENGTHS = 16  # token tensors kept for calls of up to this many tokens (decode, verify)
@@ -30,6 +30,7 @@ class CompiledModel:
         self.params = _load_params(root / entry["weights"], entry["params"], device)
         self.kv = kv_spec(entry, role)
         self.vocab_size = entry["vocab_size"]
+        self.head_tokens = head_tokens(root, entry, role)  # logit row -> token id (None: row i is token i)
         self.max_context = self.kv.position_limit
         self.max_append = self.kv.max_append
         self.caches: list = []
@@ -109,6 +110,10 @@ class CompiledModel:
     def verify(self, tokens) -> np.ndarray:
         """Logits for every position of `tokens` [n, vocab], appending all of them to the cache."""
         return self._run(self._verify, np.asarray(tokens, dtype=np.int32))
+
+    def token_id(self, row: int) -> int:
+        """The token a row of this model's logits stands for."""
+        return row if self.head_tokens is None else int(self.head_tokens[row])
 
     def rollback(self, length: int) -> None:
         if not 0 <= length <= self.length:

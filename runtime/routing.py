@@ -60,7 +60,7 @@ class StepCosts:
     """Per-call seconds of the compiled functions, as the table's measurements record them."""
 
     target: ModelCosts
-    draft: ModelCosts
+    draft: ModelCosts | None  # None: a bundle without a draft
     target_verify: dict[int, float]  # k -> one verify pass over k + 1 tokens
 
     def of(self, role: str) -> ModelCosts:
@@ -69,12 +69,12 @@ class StepCosts:
     def scaled(self, target: float, draft: float) -> "StepCosts":
         """Every target cost times `target`, every draft cost times `draft`."""
         return StepCosts(ModelCosts(self.target.prefill_per_token * target, self.target.decode * target),
-                         ModelCosts(self.draft.prefill_per_token * draft, self.draft.decode * draft),
+                         self.draft and ModelCosts(self.draft.prefill_per_token * draft, self.draft.decode * draft),
                          {k: v * target for k, v in self.target_verify.items()})
 
     def to_dict(self) -> dict:
         flat = {}
-        for role in ("target", "draft"):
+        for role in ("target", "draft") if self.draft else ("target",):
             flat[f"{role}_prefill_per_token"] = self.of(role).prefill_per_token
             flat[f"{role}_decode"] = self.of(role).decode
         return {**flat, "target_verify": {str(k): v for k, v in sorted(self.target_verify.items())}}
@@ -82,12 +82,13 @@ class StepCosts:
     @staticmethod
     def from_dict(data: dict) -> "StepCosts":
         try:
+            roles = ("target", "draft") if "draft_decode" in data else ("target",)
             models = {role: ModelCosts(float(data[f"{role}_prefill_per_token"]), float(data[f"{role}_decode"]))
-                      for role in ("target", "draft")}
+                      for role in roles}
             verify = {int(k): float(v) for k, v in data["target_verify"].items()}
         except (KeyError, TypeError, ValueError, AttributeError) as e:
             raise AirError(f"routing table: malformed step costs ({e!r})") from None
-        return StepCosts(models["target"], models["draft"], verify)
+        return StepCosts(models["target"], models.get("draft"), verify)
 
 
 def memory_class(fits_both: bool, fits_target: bool, fits_draft: bool) -> str:

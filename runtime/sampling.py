@@ -31,6 +31,13 @@ def point_mass(token: int, size: int) -> np.ndarray:
     return probs
 
 
+def scatter(probs: np.ndarray, rows: np.ndarray, size: int) -> np.ndarray:
+    """A trimmed head's distribution over the whole vocabulary: no mass outside its rows' tokens."""
+    full = np.zeros(size)
+    full[rows] = probs
+    return full
+
+
 @dataclasses.dataclass
 class Sampler:
     temperature: float = 0.0

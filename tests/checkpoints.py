@@ -81,3 +81,9 @@ def make_checkpoint(folder: Path, family: str = "llama", *, hidden: int = 64, la
 def load_reference(folder: Path):
     """The transformers model in f32 (from whatever dtype the checkpoint stores)."""
     return transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+
+
+def trim_head(folder: Path, token_ids) -> Path:
+    """Give a checkpoint a trimmed LM head (head_tokens.json): its lm_head rows kept, in this order."""
+    (Path(folder) / "head_tokens.json").write_text(json.dumps({"token_ids": [int(i) for i in token_ids]}))
+    return Path(folder)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from safetensors.numpy import load_file, save_file
 
-from checkpoints import make_checkpoint
+from checkpoints import make_checkpoint, trim_head
 from helpers import air_run, run_module
 
 
@@ -102,6 +102,35 @@ def test_draft_with_same_size_but_other_tokens(good, tmp_path):
     (draft / "tokenizer.json").write_text(json.dumps(tokenizer))
     result = build("--target-model", str(good), "--draft-model", str(draft), "--output", str(tmp_path / "out"))
     assert_one_line_error(result, "draft tokenizer's vocabulary differs")
+
+
+@pytest.mark.parametrize("head, message", [
+    ([3, 5] * 4, "token id 3 appears more than once"),
+    ([0, 320], "token id 320 is outside the vocabulary (0..319)"),
+    ([-1], "token id -1 is outside the vocabulary"),
+    ([], "token_ids is empty"),
+    ({"ids": [1]}, "should be {\"token_ids\": [integer token ids]}"),
+    ([1, "2"], "should be {\"token_ids\": [integer token ids]}"),
+])
+def test_malformed_head_tokens(good, tmp_path, head, message):
+    draft = make_checkpoint(tmp_path / "draft", "llama", seed=1)
+    data = head if isinstance(head, dict) else {"token_ids": head}
+    (draft / "head_tokens.json").write_text(json.dumps(data))
+    result = build("--target-model", str(good), "--draft-model", str(draft), "--output", str(tmp_path / "out"))
+    assert_one_line_error(result, "head_tokens.json", message)
+    assert "compiling" not in result.stdout + result.stderr
+    no_bundle_left(tmp_path, "out")
+
+
+def test_trimmed_head_is_refused_for_a_target_and_with_tied_embeddings(good, tmp_path):
+    trim_head(good, range(100))
+    result = build("--target-model", str(good), "--output", str(tmp_path / "out"))
+    assert_one_line_error(result, "head_tokens.json", "a target's LM head must cover the whole vocabulary")
+    tied = trim_head(make_checkpoint(tmp_path / "tied", "llama", tied=True), range(100))
+    result = build("--target-model", str(make_checkpoint(tmp_path / "target", "llama")), "--draft-model", str(tied),
+                   "--output", str(tmp_path / "out"))
+    assert_one_line_error(result, "head_tokens.json", "tie_word_embeddings false")
+    no_bundle_left(tmp_path, "out")
 
 
 @pytest.mark.parametrize("recipe, message", [

@@ -59,10 +59,13 @@ def test_max_ngram_must_be_positive():
 
 # --- the target verifying lookups (real TVM bundles) ---
 
+from air.compiler import lookup_replay  # noqa: E402
 from air.compiler.build import compile_bundle  # noqa: E402
+from air.compiler.routing import MAX_K, build_table, target_continuation  # noqa: E402
+from air.runtime import routing  # noqa: E402
 from air.compiler.recipe import load_recipe  # noqa: E402
 from air.runtime import Bundle  # noqa: E402
-from air.runtime.routing import row_key  # noqa: E402
+from air.runtime.routing import StepCosts, row_key  # noqa: E402
 from air.runtime.sampling import probabilities  # noqa: E402
 
 from helpers import cli_env, own_stderr  # noqa: E402
@@ -240,3 +243,54 @@ def test_server_takes_air_proposer(alone):
         missing = httpx.post(f"{base}/v1/completions", json={**request, "air_speculate": 3, "air_proposer": "draft"},
                              timeout=30)
         assert missing.status_code == 400 and "no draft model" in missing.json()["error"]["message"]
+
+
+# A transformation of given text (more than 64 tokens: its row takes the "transform" class).
+TRANSFORM = ("Rename items to entries.\nclass Stack:\n    def __init__(self):\n        self.items = []\n"
+             "    def push(self, item):\n        self.items.append(item)\nRenamed:\n")
+
+
+def test_replayed_lookup_matches_the_runtime_loop(loaded):
+    bundle = loaded["alone"]
+    for prompt in (REPEATING, bundle.encode(TRANSFORM)):
+        truth = target_continuation(bundle.target, prompt, 32)
+        for k in (1, 3, 8):
+            replayed = lookup_replay.summarise(lookup_replay.replay(prompt, truth, k))
+            result = bundle.generate(prompt_ids=prompt, max_tokens=32, speculate=k, proposer="lookup")
+            assert result.tokens == truth
+            assert replayed["rounds"] == result.stats["target_passes"]
+            assert replayed["acceptance_rate"] == result.stats["acceptance_rate"]
+            proposed = sum(int(n) * count for n, count in replayed["rounds_by_proposals"].items())
+            assert proposed == result.stats["lookup_proposed"]
+
+
+def test_a_bundle_without_a_draft_routes_a_transformation_to_lookup(alone, loaded):
+    table = json.loads((alone / "routing.json").read_text())
+    measured = table["measurements"]
+    assert set(measured["lookup_acceptance"]) == {"open", "transform"}
+    assert set(measured["lookup_acceptance"]["transform"]) == {str(k) for k in range(1, MAX_K + 1)}
+    bundle = loaded["alone"]
+    prompt = bundle.encode(TRANSFORM)
+    assert 64 < len(prompt) <= 128 - 32 - MAX_K
+    # the table's row follows its measurements: lookup exactly when its best k measured faster
+    row = routing.lookup(table, "exact", len(prompt), 32, "target")
+    rates = table["lookup_decode_tokens_per_second"]["transform"]
+    assert (row.path == "lookup") == (max(rates.values()) > table["decode_tokens_per_second"]["target"]), row
+    # the same lookup measurements with a verify pass costing 1.2 decode steps (as on a device
+    # where decode reads the weights from memory) route the transformation to lookup
+    costs = StepCosts.from_dict(measured["costs"])
+    decode = costs.target.decode
+    cheap_verify = StepCosts(costs.target, None, {k: 1.2 * decode for k in costs.target_verify})
+    saved = bundle.routing
+    try:
+        bundle.routing = build_table({**measured, "costs": cheap_verify}, "float32")
+        routed = bundle.generate(prompt_ids=prompt, max_tokens=32, quality="exact")
+    finally:
+        bundle.routing = saved
+    assert routed.route.path == "lookup" and routed.route.key.endswith("mem:target")
+    assert routed.stats["proposer"] == "lookup" and routed.stats["lookup_accepted"] > 0
+    assert routed.tokens == bundle.generate(prompt_ids=prompt, max_tokens=32, speculate=0).tokens
+    explained = _air_run(alone, "--prompt", TRANSFORM, "--max-tokens", 32, "--explain", "--quality", "exact")
+    assert explained.returncode == 0, explained.stderr
+    assert "route: row 'exact|prompt<=512|gen<=32|mem:target'" in explained.stderr
+    assert "taken for a transformation of given text" in explained.stderr

@@ -1,14 +1,15 @@
 """Static routing: calibration, the table, the lookup, --explain, and memory classes."""
 
 import json
+import re
 
 import pytest
 
+from air.compiler import lookup_replay
 from air.compiler.routing import MAX_K, acceptance_by_k, build_table, draft_run_lengths
 from air.runtime import Bundle
 from helpers import air_run
 from air.runtime.routing import TIERS, ModelCosts, StepCosts
-
 
 
 def fake_measurements(acceptance_per_token: float, draft_cost: float = 0.1) -> dict:
@@ -34,6 +35,34 @@ def test_table_is_deterministic_and_follows_the_measurements():
     assert never["rows"]["exact|prompt<=64|gen>256|mem:both"]["path"] == "target"
 
 
+def lookup_measurements(verify_cost: float) -> dict:
+    """No draft; lookup replayed over a continuation that copies its prompt ("transform") and
+    one that never repeats ("open"); verify passes cost verify_cost decodes."""
+    prompt = list(range(10, 40))
+    copied = lookup_replay.replay(prompt + [1], prompt[:20], 4)  # [1] then the prompt again: the lookup finds it
+    fresh = lookup_replay.replay(prompt, list(range(100, 120)), 4)
+    assert sum(a for _, a in copied) > 10 and sum(n for n, _ in fresh) == 0
+    costs = StepCosts(target=ModelCosts(prefill_per_token=0.01, decode=1.0), draft=None,
+                      target_verify={k: verify_cost for k in range(1, MAX_K + 1)})
+    by_class = {"open": fresh, "transform": copied}
+    return {"lookup_acceptance": {c: {str(k): lookup_replay.summarise(r) for k in range(1, MAX_K + 1)}
+                                  for c, r in by_class.items()},
+            "costs": costs, "cost_source": "test"}
+
+
+def test_lookup_rows_follow_the_prompt_class_and_the_costs():
+    rows = build_table(lookup_measurements(verify_cost=1.2), "f32")["rows"]
+    for tier in TIERS:  # exact too: lookup keeps the target's output
+        transform = rows[f"{tier}|prompt<=512|gen<=256|mem:target"]
+        assert transform["path"] == "lookup" and transform["k"] >= 1, transform
+        assert "transformation of given text" in transform["reason"]
+        assert rows[f"{tier}|prompt<=512|gen<=256|mem:both"]["path"] == "lookup"
+        assert rows[f"{tier}|prompt<=64|gen<=256|mem:target"]["path"] == "target"  # nothing to look up
+        assert rows[f"{tier}|prompt<=512|gen<=256|mem:draft"]["path"] == "refuse"  # lookup runs the target
+    costly = build_table(lookup_measurements(verify_cost=30.0), "f32")["rows"]
+    assert costly["balanced|prompt<=512|gen<=256|mem:target"]["path"] == "target"
+
+
 def test_memory_classes_and_tiers():
     rows = build_table(fake_measurements(0.8), "f32")["rows"]
     key = "|prompt<=64|gen<=256|mem:"
@@ -55,20 +84,20 @@ def test_replayed_acceptance_matches_the_runtime_loop(pair):
         assert replay[str(k)]["tokens_per_pass"] == pytest.approx(40 / stats["target_passes"], abs=1e-3)
 
 
-def test_bundle_carries_a_table_and_a_random_draft_routes_to_the_target(pair):
+def test_bundle_carries_a_table_and_a_random_draft_never_serves(pair):
     manifest = json.loads((pair["bundle"] / "manifest.json").read_text())
     assert manifest["routing"] == "routing.json" and "routing.json" in manifest["files"]
     table = json.loads((pair["bundle"] / "routing.json").read_text())
     assert set(table["measurements"]["acceptance"]) == {str(k) for k in range(1, MAX_K + 1)}
     for key, row in table["rows"].items():
         if key.startswith(("exact", "balanced")) and key.endswith("mem:both"):
-            assert row["path"] == "target", (key, row)
+            assert row["path"] in ("target", "lookup"), (key, row)  # never the random draft
 
 
 def test_explain_names_the_row(pair):
     result = air_run(pair["bundle"], "--prompt", "import os", "--max-tokens", "8", "--explain", "--quality", "exact")
     assert result.returncode == 0, result.stderr
-    assert "route: row 'exact|prompt<=64|gen<=32|mem:both' -> target alone" in result.stderr
+    assert re.search(r"route: row 'exact\|prompt<=64\|gen<=32\|mem:both' -> (target alone|lookup k=\d)", result.stderr)
     assert "why: expected tokens/s" in result.stderr
 
 
