@@ -18,7 +18,7 @@ from air.runtime.routing import ROUTING_FILE
 from air.runtime.signing import write_signature
 from air.devices import Device, host_device, resolve_device
 
-from . import limits
+from . import limits, rope
 from .checkpoint import TOKENIZER_FILES, Checkpoint, load_checkpoint
 from .kv_layouts import KVLayout
 from .layers import WeightFormat
@@ -49,6 +49,7 @@ def _check_inputs(role: str, ckpt: Checkpoint, recipe: Recipe) -> None:
     """Everything that can be refused without compiling: the limits, then every tensor's presence and shape."""
     limits.check_model(str(ckpt.path), ckpt.spec, recipe.weight_format(role))
     limits.check_kv_cache(recipe.name, _context_length(ckpt, recipe), recipe.kv_sinks, recipe.kv_window)
+    limits.check_rope_switch(str(ckpt.path), ckpt.spec, recipe.kv_window)
     check_tensors(ckpt, tensor_map(ckpt.spec))
 
 
@@ -90,9 +91,11 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
         module, named_params = model.export_tvm(spec=model.export_spec())
         executable = compile_module(module, device.tvm_target)
         executable.export_library(str(folder / "model.so"), **device.export_options())
+    switch = rope.rope_switch(spec, kv.max_context)
+    extra = {switch["long"]: rope.inverse_frequencies(spec, long=True)} if switch else None
     with progress.stage(f"writing {role} weights ({scheme})"):
-        weight_bytes = write_weights(ckpt, named_params, tensor_map(spec), scheme, folder / "weights.safetensors")
-    return {
+        weight_bytes = write_weights(ckpt, named_params, tensor_map(spec), scheme, folder / "weights.safetensors", extra)
+    entry = {
         "architecture": spec.to_dict(),
         "quantization": scheme,
         "library": f"{role}/model.so",
@@ -103,6 +106,9 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
         "weight_bytes": weight_bytes,
         "eos_token_ids": _eos_token_ids(ckpt),
     }
+    if switch:
+        entry["rope_switch"] = switch
+    return entry
 
 
 def _add_routing_table(staging: Path, manifest: dict, target: Checkpoint, draft: Checkpoint, recipe: Recipe,

@@ -44,9 +44,11 @@ def _sources(mapping: TensorMap, name: str) -> Sources:
     return sources
 
 
-def write_weights(ckpt: Checkpoint, named_params, mapping: TensorMap, scheme: str, path: Path) -> int:
-    """Write the parameters as one safetensors file; returns its payload bytes."""
-    tensors, packed = {}, {}
+def write_weights(ckpt: Checkpoint, named_params, mapping: TensorMap, scheme: str, path: Path,
+                  extra: dict[str, np.ndarray] | None = None) -> int:
+    """Write the parameters (and `extra` tensors the runtime swaps in) as one safetensors file;
+    returns its payload bytes."""
+    tensors, packed = dict(extra or {}), {}
     for name, param in named_params:
         if name in DERIVED:
             array = DERIVED[name](ckpt)
