@@ -175,9 +175,11 @@ def _phi4_config(**changes):
 
 
 def test_config_in_the_older_layout_reads_as_longrope():
-    """Top-level partial_rotary_factor and original_max_position_embeddings, rope_scaling "type"."""
-    spec = spec_from_config(_phi4_config(), "phi4")
+    """Top-level partial_rotary_factor and original_max_position_embeddings, rope_scaling "type";
+    transformers masks Phi-3's sliding_window (the build limits the context to it, as for Mistral)."""
+    spec = spec_from_config(_phi4_config(sliding_window=2047), "phi4")
     assert spec.rotary_dim == 24 and spec.rope_scaling["original_max_position_embeddings"] == 1024
+    assert spec.sliding_window == 2047
     assert spec.rope_scaling["attention_factor"] == pytest.approx(np.sqrt(1 + np.log(4) / np.log(1024)))
 
 
