@@ -6,6 +6,7 @@ Three bundles: f32 (target Phi-4-mini, draft Phi-3: both checked against transfo
 with an int8 cache and f16 with an int4 cache (the same models with the roles swapped, each
 checked against its f32 twin)."""
 
+import functools
 import subprocess
 import sys
 
@@ -42,20 +43,25 @@ def phi3_checkpoints(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def phi3(phi3_checkpoints, tmp_path_factory):
+    """The checkpoints, and bundle(name): BUNDLES[name], compiled when a test first asks for it."""
     root = tmp_path_factory.mktemp("phi3")
-    checkpoints, bundles = phi3_checkpoints, {}
-    for name, (target, draft, (scheme, draft_scheme), kv) in BUNDLES.items():
+
+    @functools.cache
+    def bundle(name: str) -> Bundle:
+        target, draft, (scheme, draft_scheme), kv = BUNDLES[name]
         recipe = load_recipe("host").with_overrides(max_context=128, quantization=scheme,
                                                     draft_quantization=draft_scheme, kv_cache=kv)
-        compile_bundle(str(checkpoints[target]), draft and str(checkpoints[draft]), recipe, root / name, quiet=True)
-        bundles[name] = Bundle.load(root / name)
-    return {"checkpoints": checkpoints, "bundles": bundles}
+        compile_bundle(str(phi3_checkpoints[target]), draft and str(phi3_checkpoints[draft]), recipe, root / name,
+                       quiet=True)
+        return Bundle.load(root / name)
+
+    return {"checkpoints": phi3_checkpoints, "bundle": bundle}
 
 
 def _model(phi3, bundle: str, family: str):
     """The compiled model of `family` in `bundle` (whichever role it has there)."""
     target, draft, _, _ = BUNDLES[bundle]
-    loaded = phi3["bundles"][bundle]
+    loaded = phi3["bundle"](bundle)
     return loaded.target if family == target else loaded.draft
 
 
@@ -113,7 +119,7 @@ def _greedy(model, prompt, count):
 def test_greedy_generation_is_token_identical_across_the_switch(phi3):
     """transformers' generate() recomputes its cache at the switch (33 positions); so do we."""
     count = 40
-    bundle = phi3["bundles"]["f32"]
+    bundle = phi3["bundle"]("f32")
     bundle.eos_token_ids = set()
     expected = _transformers_greedy(phi3["checkpoints"]["phi4-mini"], PROMPT, count)
     assert bundle.generate(prompt_ids=PROMPT, max_tokens=count, speculate=0).tokens == expected
@@ -124,7 +130,7 @@ def test_greedy_generation_is_token_identical_across_the_switch(phi3):
 
 def test_speculation_with_a_longrope_draft_stays_exact(phi3):
     """Phi-4-mini (q4) drafts for Phi-3 (q8), both across the draft's switch."""
-    bundle = phi3["bundles"]["packed"]
+    bundle = phi3["bundle"]("packed")
     bundle.eos_token_ids = set()
     expected = bundle.generate(prompt_ids=PROMPT, max_tokens=40, speculate=0).tokens
     for k in (1, 4):
@@ -151,7 +157,7 @@ def test_other_formats_track_f32(phi3, bundle, family, max_kl, min_top1):
 
 
 def test_manifest_names_the_switch_and_the_long_table(phi3):
-    models = phi3["bundles"]["f32"].manifest["models"]
+    models = phi3["bundle"]("f32").manifest["models"]
     assert models["target"]["rope_switch"] == {"after": SWITCH, "param": "rope_inv_freq", "long": "rope_inv_freq_long"}
     assert "rope_switch" not in models["draft"]
     assert models["target"]["architecture"]["partial_rotary_factor"] == 0.75
