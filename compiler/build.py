@@ -19,7 +19,7 @@ from air.runtime.routing import ROUTING_FILE
 from air.runtime.signing import write_signature
 from air.devices import Device, host_device, resolve_device
 
-from . import limits
+from . import limits, rope
 from .checkpoint import TOKENIZER_FILES, Checkpoint, load_checkpoint
 from .kernels import cache as kernel_cache
 from .kv_layouts import KVLayout
@@ -54,6 +54,7 @@ def _check_inputs(role: str, ckpt: Checkpoint, recipe: Recipe) -> None:
                        "vocabulary (only a draft may trim its head)")
     limits.check_model(str(ckpt.path), ckpt.spec, recipe.weight_format(role))
     limits.check_kv_cache(recipe.name, _context_length(ckpt, recipe), recipe.kv_sinks, recipe.kv_window)
+    limits.check_rope_switch(str(ckpt.path), ckpt.spec, recipe.kv_window)
     check_tensors(ckpt, tensor_map(ckpt.spec))
 
 
@@ -100,8 +101,10 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
             executable = compile_module(module, device.tvm_target)
         with progress.step(f"{role}: linking model.so"):
             executable.export_library(str(folder / "model.so"), **device.export_options())
+    switch = rope.rope_switch(spec, kv.max_context)
+    extra = {switch["long"]: rope.inverse_frequencies(spec, long=True)} if switch else None
     with progress.stage(f"writing {role} weights ({scheme})"):
-        written = write_weights(ckpt, named_params, tensor_map(spec), scheme, folder / "weights.safetensors")
+        written = write_weights(ckpt, named_params, tensor_map(spec), scheme, folder / "weights.safetensors", extra)
     blocks = {"source_blocks": {"kept": written.kept, "requantized": written.requantized}} \
         if written.kept or written.requantized else {}
     entry = {
@@ -119,6 +122,8 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
     if ckpt.head_tokens is not None:
         write_head_tokens(folder / HEAD_TOKENS_FILE, ckpt.head_tokens)
         entry["head_tokens"] = f"{role}/{HEAD_TOKENS_FILE}"
+    if switch:
+        entry["rope_switch"] = switch
     return entry
 
 

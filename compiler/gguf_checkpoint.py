@@ -24,7 +24,8 @@ from .gguf_tokenizer import gguf_tokenizer, strings, token_id, tokenizer_setting
 from .spec import spec_from_config
 
 # GGUF general.architecture -> the Hugging Face architecture it is read as.
-ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
+ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+                 "phi3": "Phi3ForCausalLM"}
 
 # GGUF tensor name (per block: the part after "blk.N.") -> Hugging Face name.
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
@@ -34,6 +35,10 @@ _BLOCK_NAMES = {
     "attn_output": "self_attn.o_proj", "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
     "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj", "ffn_down": "mlp.down_proj",
 }
+# phi3 stores Phi-3's fused projections: q/k/v in one tensor, and gate/up under ffn_up.
+_FUSED_BLOCK_NAMES = {**_BLOCK_NAMES, "attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"}
+# phi3's longrope factors, read into the config rather than as tensors.
+_ROPE_FACTORS = {"rope_factors_short.weight": "short_factor", "rope_factors_long.weight": "long_factor"}
 
 
 class GGUFTensors:
@@ -42,12 +47,17 @@ class GGUFTensors:
     llama.cpp's converter reorders the rows of a llama q/k projection within each head
     (for its interleaved RoPE); reading undoes that."""
 
-    def __init__(self, reader: gguf.GGUFReader, path: Path):
+    def __init__(self, reader: gguf.GGUFReader, path: Path, fused: bool = False):
         if any(t.name == "rope_freqs.weight" for t in reader.tensors):
             raise AirError(f"{path}: GGUF rope scaling by a rope_freqs tensor is not supported yet")
         self.by_name = {}
+        self.rope_factors: dict[str, list[float]] = {}  # phi3's longrope factors
         for tensor in reader.tensors:
-            name = _hf_name(tensor.name)
+            if fused and tensor.name in _ROPE_FACTORS:
+                values = gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type).reshape(-1)
+                self.rope_factors[_ROPE_FACTORS[tensor.name]] = [float(str(v)) for v in values.astype(np.float32)]
+                continue
+            name = _hf_name(tensor.name, _FUSED_BLOCK_NAMES if fused else _BLOCK_NAMES)
             if name is None:
                 raise AirError(f"{path}: tensor '{tensor.name}' is not part of a supported decoder")
             self.by_name[name] = tensor
@@ -84,11 +94,11 @@ class GGUFTensors:
         return dict(sorted(counts.items()))
 
 
-def _hf_name(gguf_name: str) -> str | None:
+def _hf_name(gguf_name: str, block_names: dict[str, str]) -> str | None:
     match = re.fullmatch(r"blk\.(\d+)\.(\w+)\.(weight|bias)", gguf_name)
     if match:
         layer, part, leaf = match.groups()
-        return f"model.layers.{int(layer)}.{_BLOCK_NAMES[part]}.{leaf}" if part in _BLOCK_NAMES else None
+        return f"model.layers.{int(layer)}.{block_names[part]}.{leaf}" if part in block_names else None
     stem, _, leaf = gguf_name.rpartition(".")
     return f"{_GLOBAL_NAMES[stem]}.{leaf}" if stem in _GLOBAL_NAMES else None
 
@@ -121,7 +131,8 @@ def _config(meta: dict, tensors: GGUFTensors, path: Path) -> dict:
     head_dim = _positive(meta, f"{arch}.attention.key_length", path, hidden // heads or 1)
     if meta.get(f"{arch}.attention.value_length", head_dim) != head_dim:
         raise AirError(f"{path}: key and value head sizes differ, which is not supported")
-    if meta.get(f"{arch}.rope.dimension_count", head_dim) != head_dim:
+    rotary_dim = _positive(meta, f"{arch}.rope.dimension_count", path, head_dim)
+    if rotary_dim != head_dim and arch != "phi3":
         raise AirError(f"{path}: partial rotary embeddings (rope.dimension_count "
                        f"{meta[f'{arch}.rope.dimension_count']} of head size {head_dim}) are not supported")
     layers = _positive(meta, f"{arch}.block_count", path)
@@ -146,11 +157,23 @@ def _config(meta: dict, tensors: GGUFTensors, path: Path) -> dict:
         "attention_bias": tensors.has("model.layers.0.self_attn.q_proj.bias"),
         "hidden_act": "silu",
     }
+    if arch == "phi3":
+        config.update(_phi3_settings(meta, tensors, rotary_dim / head_dim, path))
     for key in ("bos_token_id", "eos_token_id"):
         if f"tokenizer.ggml.{key}" in meta:
             config[key] = token_id(meta, f"tokenizer.ggml.{key}", len(tokens), path)
     _check_against_tensors(config, tensors, path)
     return config
+
+
+def _phi3_settings(meta: dict, tensors: GGUFTensors, partial_rotary_factor: float, path: Path) -> dict:
+    """Partial rotary, the sliding window and longrope (its factors are tensors in the file)."""
+    settings = {"partial_rotary_factor": partial_rotary_factor,
+                "sliding_window": meta.get("phi3.attention.sliding_window")}
+    if tensors.rope_factors:
+        settings["rope_scaling"] = {"rope_type": "longrope", **tensors.rope_factors, "original_max_position_embeddings":
+                                    _positive(meta, "phi3.rope.scaling.original_context_length", path)}
+    return settings
 
 
 def _f32_decimal(meta: dict, key: str, path: Path, default: float | None = None) -> float:
@@ -163,8 +186,10 @@ def _f32_decimal(meta: dict, key: str, path: Path, default: float | None = None)
 
 def _check_against_tensors(config: dict, tensors: GGUFTensors, path: Path) -> None:
     """The sizes the metadata states are those of the tensors (so they are bounded by the file)."""
+    up = ("model.layers.0.mlp.gate_up_proj.weight", 2) if tensors.has("model.layers.0.mlp.gate_up_proj.weight") \
+        else ("model.layers.0.mlp.up_proj.weight", 1)
     expected = {"model.embed_tokens.weight": (config["vocab_size"], config["hidden_size"]),
-                "model.layers.0.mlp.up_proj.weight": (config["intermediate_size"], config["hidden_size"])}
+                up[0]: (up[1] * config["intermediate_size"], config["hidden_size"])}
     for name, shape in expected.items():
         if not tensors.has(name):
             raise AirError(f"{path}: missing tensor '{name}'")
@@ -177,7 +202,7 @@ def load_gguf_checkpoint(path: Path) -> Checkpoint:
     reader = open_gguf(path)
     meta = read_metadata(reader, path)
     check_tensor_data(reader, path)
-    tensors = GGUFTensors(reader, path)
+    tensors = GGUFTensors(reader, path, fused=meta.get("general.architecture") == "phi3")
     config = _config(meta, tensors, path)
     arch = meta["general.architecture"]
     if arch == "llama":

@@ -32,3 +32,10 @@ def check_kv_cache(recipe_name: str, context: int, sinks: int, window: int) -> N
     """A windowed cache's kept positions must fit in the context."""
     if window and window + sinks > context:
         raise AirError(f"recipe {recipe_name}: kv_cache window {window} + sinks {sinks} exceed the context of {context}")
+
+
+def check_rope_switch(source: str, spec: DecoderSpec, window: int) -> None:
+    """Longrope recomputes the cache from its tokens at its switch: a windowed cache has dropped them."""
+    if window and spec.rope_scaling and spec.rope_scaling["rope_type"] == "longrope":
+        raise AirError(f"{source}: longrope models need the whole context in the KV cache; "
+                       "a windowed cache (kv_window) is not supported for them")

@@ -103,7 +103,7 @@ class CausalLM(nn.Module):
         if not spec.tie_word_embeddings:
             self.lm_head = Linear(spec.hidden_size, spec.logit_rows, False, fmt)
         # Built by the compiler from the config (not a checkpoint tensor).
-        self.rope_inv_freq = nn.Parameter((spec.head_dim // 2,), "float32")
+        self.rope_inv_freq = nn.Parameter((spec.rotary_dim // 2,), "float32")
 
     def _residual(self, tokens, cache, start_pos):
         """The residual stream after the last layer, as (x, last delta): the final norm adds them."""

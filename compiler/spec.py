@@ -6,6 +6,7 @@ Every supported family is the same decoder with a few flags; the flags live here
 from __future__ import annotations
 
 import dataclasses
+import math
 
 from air.errors import AirError
 
@@ -15,6 +16,8 @@ FAMILIES = {
     "MistralForCausalLM": {"qkv_bias_key": None, "qk_norm": False},
     "Qwen2ForCausalLM": {"qkv_bias_key": "always", "qk_norm": False},
     "Qwen3ForCausalLM": {"qkv_bias_key": "attention_bias", "qk_norm": True},
+    # Phi-3 / Phi-4-mini: fused qkv and gate/up tensors (tensor_map.py), longrope, partial rotary
+    "Phi3ForCausalLM": {"qkv_bias_key": None, "qk_norm": False, "longrope": True, "partial_rotary": True},
 }
 
 
@@ -31,6 +34,7 @@ class DecoderSpec:
     rms_norm_eps: float
     rope_theta: float
     rope_scaling: dict | None
+    partial_rotary_factor: float  # RoPE turns the first rotary_dim dimensions of each head (Phi-4-mini: 0.75)
     tie_word_embeddings: bool
     qkv_bias: bool  # bias on the q, k and v projections
     o_bias: bool  # bias on the output projection (Llama's attention_bias)
@@ -52,6 +56,10 @@ class DecoderSpec:
     def kv_width(self) -> int:
         return self.num_kv_heads * self.head_dim
 
+    @property
+    def rotary_dim(self) -> int:
+        return int(self.head_dim * self.partial_rotary_factor)
+
 
 def _require(config: dict, key: str, source: str):
     if key not in config:
@@ -59,26 +67,60 @@ def _require(config: dict, key: str, source: str):
     return config[key]
 
 
-def _rope_settings(config: dict, source: str) -> tuple[float, dict | None]:
+def _rope_settings(config: dict, family: dict, source: str) -> tuple[float, dict | None]:
     """rope_theta and scaling; transformers 5 nests both under rope_parameters."""
     params = config.get("rope_parameters") or {}
     theta = params.get("rope_theta", config.get("rope_theta", 10000.0))
     scaling = config.get("rope_scaling") or None
     if scaling is None and params.get("rope_type", "default") != "default":
         scaling = params
-    if scaling is not None:
-        kind = scaling.get("rope_type", scaling.get("type"))
-        if kind in (None, "default"):
-            scaling = None
-        elif kind != "llama3":
-            raise AirError(f"{source}: rope scaling of type '{kind}' is not supported (supported: llama3)")
-        else:
-            keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
-            missing = [k for k in keys if k not in scaling]
-            if missing:
-                raise AirError(f"{source}: llama3 rope scaling lacks {', '.join(missing)}")
-            scaling = {"rope_type": "llama3", **{k: scaling[k] for k in keys}}
-    return float(theta), scaling
+    if scaling is None:
+        return float(theta), None
+    kind = scaling.get("rope_type", scaling.get("type"))
+    if family.get("longrope") and kind in ("su", "yarn"):  # Phi-3's older names for longrope
+        kind = "longrope"
+    if kind in (None, "default"):
+        return float(theta), None
+    if kind == "longrope" and family.get("longrope"):
+        return float(theta), _longrope(config, scaling, source)
+    if kind != "llama3":
+        supported = "llama3, longrope" if family.get("longrope") else "llama3"
+        raise AirError(f"{source}: rope scaling of type '{kind}' is not supported (supported: {supported})")
+    keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+    missing = [k for k in keys if k not in scaling]
+    if missing:
+        raise AirError(f"{source}: llama3 rope scaling lacks {', '.join(missing)}")
+    return float(theta), {"rope_type": "llama3", **{k: scaling[k] for k in keys}}
+
+
+def _longrope(config: dict, scaling: dict, source: str) -> dict:
+    """Per-pair short and long factors, the length they switch at, and the attention factor
+    (transformers' default: sqrt(1 + ln(factor) / ln(original length)), factor = max / original)."""
+    original = scaling.get("original_max_position_embeddings", config.get("original_max_position_embeddings"))
+    if not isinstance(original, int) or original <= 0:
+        raise AirError(f"{source}: longrope scaling needs a positive original_max_position_embeddings")
+    factors = {}
+    for key in ("short_factor", "long_factor"):
+        values = scaling.get(key)
+        if not isinstance(values, list) or not all(isinstance(v, (int, float)) for v in values):
+            raise AirError(f"{source}: longrope scaling lacks a list of numbers '{key}'")
+        factors[key] = [float(v) for v in values]
+    factor = scaling.get("factor") or config.get("max_position_embeddings", original) / original
+    attention_factor = scaling.get("attention_factor")
+    if attention_factor is None:
+        attention_factor = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
+    return {"rope_type": "longrope", **factors, "original_max_position_embeddings": original,
+            "attention_factor": float(attention_factor)}
+
+
+def _partial_rotary_factor(config: dict, family: dict, source: str) -> float:
+    params = config.get("rope_parameters") or {}
+    factor = params.get("partial_rotary_factor", config.get("partial_rotary_factor", 1.0))
+    if not isinstance(factor, (int, float)) or not 0 < factor <= 1:
+        raise AirError(f"{source}: partial_rotary_factor {factor!r} should be a number in (0, 1]")
+    if factor != 1.0 and not family.get("partial_rotary"):
+        raise AirError(f"{source}: partial_rotary_factor {factor} is not supported for this architecture")
+    return float(factor)
 
 
 def spec_from_config(config: dict, source: str) -> DecoderSpec:
@@ -96,12 +138,12 @@ def spec_from_config(config: dict, source: str) -> DecoderSpec:
         raise AirError(f"{source}: {heads} attention heads are not a multiple of {kv_heads} key/value heads")
     bias_key = family["qkv_bias_key"]
     qkv_bias = bias_key == "always" or bool(bias_key and config.get(bias_key, False))
-    theta, scaling = _rope_settings(config, source)
+    theta, scaling = _rope_settings(config, family, source)
     act = config.get("hidden_act", "silu")
     if act != "silu":
         raise AirError(f"{source}: activation '{act}' is not supported (supported: silu)")
     window = config.get("sliding_window") if config.get("use_sliding_window", True) else None
-    return DecoderSpec(
+    spec = DecoderSpec(
         architecture=arch,
         vocab_size=int(_require(config, "vocab_size", source)),
         hidden_size=hidden,
@@ -113,6 +155,7 @@ def spec_from_config(config: dict, source: str) -> DecoderSpec:
         rms_norm_eps=float(config.get("rms_norm_eps", 1e-6)),
         rope_theta=theta,
         rope_scaling=scaling,
+        partial_rotary_factor=_partial_rotary_factor(config, family, source),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
         qkv_bias=qkv_bias,
         o_bias=arch == "LlamaForCausalLM" and qkv_bias,
@@ -121,3 +164,17 @@ def spec_from_config(config: dict, source: str) -> DecoderSpec:
         max_position_embeddings=int(config.get("max_position_embeddings", 2048)),
         sliding_window=int(window) if window else None,
     )
+    _check_rotary(spec, source)
+    return spec
+
+
+def _check_rotary(spec: DecoderSpec, source: str) -> None:
+    pairs = spec.rotary_dim // 2
+    if pairs == 0 or spec.rotary_dim % 2:
+        raise AirError(f"{source}: rotary dimension {spec.rotary_dim} (head_dim {spec.head_dim} times "
+                       f"partial_rotary_factor {spec.partial_rotary_factor}) should be even and positive")
+    if spec.rope_scaling and spec.rope_scaling["rope_type"] == "longrope":
+        for key in ("short_factor", "long_factor"):
+            if len(spec.rope_scaling[key]) != pairs:
+                raise AirError(f"{source}: longrope {key} has {len(spec.rope_scaling[key])} values, "
+                               f"expected one per rotated pair ({pairs})")

@@ -29,8 +29,11 @@ class TensorMap:
         return tuple(source for group in (self.matrices, self.vectors) for sources in group.values() for source in sources)
 
 
-def _hf_decoder(s: DecoderSpec) -> TensorMap:
-    """Llama, Mistral, Qwen2 and Qwen3: separate q/k/v and gate/up projections."""
+def _hf_decoder(s: DecoderSpec, fused: bool = False) -> TensorMap:
+    """Llama, Mistral, Qwen2 and Qwen3: separate q/k/v and gate/up projections. `fused` (Phi-3):
+    the checkpoint already stacks them as one qkv_proj (the query heads' rows, then the key
+    heads', then the value heads', the grouped-query split of our own qkv_proj) and one
+    gate_up_proj (gate rows, then up rows)."""
     hidden, q_rows, kv_rows, width = s.hidden_size, s.num_heads * s.head_dim, s.kv_width, s.intermediate_size
     matrices: dict[str, Sources] = {"model.embed_tokens": (("model.embed_tokens.weight", (s.vocab_size, hidden)),)}
     vectors: dict[str, Sources] = {"model.norm.weight": (("model.norm.weight", (hidden,)),)}
@@ -38,9 +41,13 @@ def _hf_decoder(s: DecoderSpec) -> TensorMap:
         layer, attn, mlp = f"model.layers.{i}", f"model.layers.{i}.self_attn", f"model.layers.{i}.mlp"
         qkv = (("q_proj", q_rows), ("k_proj", kv_rows), ("v_proj", kv_rows))
         gate_up = (("gate_proj", width), ("up_proj", width))
-        matrices[f"{attn}.qkv_proj"] = tuple((f"{attn}.{part}.weight", (rows, hidden)) for part, rows in qkv)
+        if fused:
+            matrices[f"{attn}.qkv_proj"] = ((f"{attn}.qkv_proj.weight", (q_rows + 2 * kv_rows, hidden)),)
+            matrices[f"{mlp}.gate_up_proj"] = ((f"{mlp}.gate_up_proj.weight", (2 * width, hidden)),)
+        else:
+            matrices[f"{attn}.qkv_proj"] = tuple((f"{attn}.{part}.weight", (rows, hidden)) for part, rows in qkv)
+            matrices[f"{mlp}.gate_up_proj"] = tuple((f"{mlp}.{part}.weight", (rows, hidden)) for part, rows in gate_up)
         matrices[f"{attn}.o_proj"] = ((f"{attn}.o_proj.weight", (hidden, q_rows)),)
-        matrices[f"{mlp}.gate_up_proj"] = tuple((f"{mlp}.{part}.weight", (rows, hidden)) for part, rows in gate_up)
         matrices[f"{mlp}.down_proj"] = ((f"{mlp}.down_proj.weight", (hidden, width)),)
         for norm in ("input_layernorm", "post_attention_layernorm"):
             vectors[f"{layer}.{norm}.weight"] = ((f"{layer}.{norm}.weight", (hidden,)),)
@@ -65,6 +72,7 @@ FAMILY_TENSORS = {
     "MistralForCausalLM": _hf_decoder,
     "Qwen2ForCausalLM": _hf_decoder,
     "Qwen3ForCausalLM": _hf_decoder,
+    "Phi3ForCausalLM": lambda s: _hf_decoder(s, fused=True),
 }
 
 

@@ -55,9 +55,11 @@ def _sources(mapping: TensorMap, name: str) -> Sources:
     return sources
 
 
-def write_weights(ckpt: Checkpoint, named_params, mapping: TensorMap, scheme: str, path: Path) -> WrittenWeights:
-    """Write the parameters as one safetensors file; says its payload bytes and what was kept."""
-    tensors, packed = {}, {}
+def write_weights(ckpt: Checkpoint, named_params, mapping: TensorMap, scheme: str, path: Path,
+                  extra: dict[str, np.ndarray] | None = None) -> WrittenWeights:
+    """Write the parameters (and `extra` tensors the runtime swaps in) as one safetensors file;
+    says its payload bytes and which stored blocks were kept."""
+    tensors, packed = dict(extra or {}), {}
     written = WrittenWeights(0, [], [])
     for name, param in named_params:
         if name in DERIVED:

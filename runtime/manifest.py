@@ -82,6 +82,8 @@ def validate(manifest: dict) -> None:
         _check_keys(entry, _REQUIRED_MODEL, f"models.{role}")
         kv_spec(entry, role)
         _check_head_entry(entry, role, manifest["files"])
+        if "rope_switch" in entry:
+            _check_rope_switch(entry, role)
         for key in ("library", "weights"):
             if entry[key] not in manifest["files"]:
                 raise AirError(f"manifest: models.{role}.{key} '{entry[key]}' is not in the file list")
@@ -144,6 +146,13 @@ def head_tokens(root: Path, entry: dict, role: str) -> np.ndarray | None:
     if rows != len(ids):
         raise AirError(f"manifest: models.{role} has {rows} head rows but {entry['head_tokens']} lists {len(ids)} ids")
     return np.array(ids, dtype=np.int64)
+def _check_rope_switch(entry: dict, role: str) -> None:
+    """A longrope model's switch: after how many positions its parameter `param` is replaced
+    by the weights file's tensor `long` (runtime/model.py)."""
+    switch, where = entry["rope_switch"], f"models.{role}.rope_switch"
+    _check_keys(switch if isinstance(switch, dict) else {}, {"after": int, "param": str, "long": str}, where)
+    if isinstance(switch["after"], bool) or switch["after"] <= 0 or switch["param"] not in entry["params"]:
+        raise AirError(f"manifest: {where} should name a parameter and a positive length")
 
 
 def kv_spec(entry: dict, role: str) -> KVCacheSpec:

@@ -3,6 +3,11 @@
 The cache tensors are the ones the manifest lists; the runtime sizes them per request
 (`reset(context)`), and every compiled call updates them in place. `length` is how many
 positions are valid, so rolling back is only a change of that number.
+
+A longrope model (manifest "rope_switch") rotates with its short factors while a sequence is
+at most `after` positions long and with its long factors past that (compiler/rope.py states
+the rule): each call passes the table its rows need, and when the cache holds positions
+rotated with the other table they are recomputed from their tokens first.
 """
 
 from __future__ import annotations
@@ -28,6 +33,13 @@ class CompiledModel:
         library = tvm.runtime.load_module(str(root / entry["library"]))
         self.vm = VirtualMachine(library, device)
         self.params = _load_params(root / entry["weights"], entry["params"], device)
+        self.rope_switch = entry.get("rope_switch")
+        if self.rope_switch is not None:
+            switch = self.rope_switch
+            self._rope_slot = entry["params"].index(switch["param"])
+            long_table, = _load_params(root / entry["weights"], [switch["long"]], device)
+            self._rope_tables = {False: self.params[self._rope_slot], True: long_table}
+            self._long = False  # the table the cache's positions were rotated with
         self.kv = kv_spec(entry, role)
         self.vocab_size = entry["vocab_size"]
         self.head_tokens = head_tokens(root, entry, role)  # logit row -> token id (None: row i is token i)
@@ -37,6 +49,8 @@ class CompiledModel:
         self.capacities: tuple[int, ...] = ()
         self.room = 0  # positions the allocated caches can reach
         self.length = 0
+        # The cached positions' tokens, kept only where a longrope switch may need them again.
+        self.history = np.zeros(self.max_context, np.int32) if self.rope_switch is not None else None
         self.holder = None  # the session whose tokens the cache holds (set by Session)
         # Input tensors reused across calls, written through numpy views of their memory (the
         # runtime's device is the CPU): a new tensor cost 10 us and copyfrom 5 us, against a
@@ -89,6 +103,8 @@ class CompiledModel:
                 self._tokens[len(tokens)] = feed
         feed.write(tokens)
         out = function(*call_arguments(feed.tensor, self.caches, self._start.tensor, self.params))
+        if self.history is not None:
+            self.history[self.length:self.length + len(tokens)] = tokens
         self.length += len(tokens)
         # A view of the result, not a copy (the array keeps the tensor alive): copying a
         # 150k-vocabulary row cost tens of microseconds per step.
@@ -98,18 +114,52 @@ class CompiledModel:
         """Feed a prompt (in chunks, to bound activation memory); logits of its last position."""
         tokens = np.asarray(tokens, dtype=np.int32)
         self._check_room(len(tokens))
+        self._rotate_for(self.length + len(tokens))
+        return self._prefill_chunks(tokens, chunk)[0]
+
+    def _prefill_chunks(self, tokens: np.ndarray, chunk: int = 256) -> np.ndarray:
         chunk = min(chunk, self.max_append)
         logits = None
         for start in range(0, len(tokens), chunk):
             logits = self._run(self._prefill, tokens[start:start + chunk])
-        return logits[0]
+        return logits
 
     def decode(self, token: int) -> np.ndarray:
+        self._rotate_for(self.length + 1)
         return self._run(self._decode, np.array([token], dtype=np.int32))[0]
 
     def verify(self, tokens) -> np.ndarray:
         """Logits for every position of `tokens` [n, vocab], appending all of them to the cache."""
-        return self._run(self._verify, np.asarray(tokens, dtype=np.int32))
+        tokens = np.asarray(tokens, dtype=np.int32)
+        split = self._short_rows(len(tokens))
+        if 0 < split < len(tokens):  # the rows within the short factors' reach, then the rows past it
+            head = np.array(self.verify(tokens[:split]))  # a copy: the next call may reuse the result's memory
+            return np.concatenate([head, self.verify(tokens[split:])])
+        self._rotate_for(self.length + len(tokens))
+        return self._run(self._verify, tokens)
+
+    # -- longrope ----------------------------------------------------------------------------
+
+    def _rotate_for(self, end: int) -> None:
+        """Pass the rotation table a sequence of `end` positions needs; recompute the cached
+        positions from their tokens when they were rotated with the other one."""
+        if self.rope_switch is None:
+            return
+        long = end > self.rope_switch["after"]
+        if long == self._long:
+            return
+        self.params[self._rope_slot] = self._rope_tables[long]
+        self._long = long
+        if self.length:
+            kept = self.history[:self.length].copy()
+            self.length = 0
+            self._prefill_chunks(kept)
+
+    def _short_rows(self, count: int) -> int:
+        """How many of `count` new rows a longrope model still rotates with its short factors."""
+        if self.rope_switch is None:
+            return count
+        return min(count, max(0, self.rope_switch["after"] - self.length))
 
     def token_id(self, row: int) -> int:
         """The token a row of this model's logits stands for."""

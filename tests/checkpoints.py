@@ -50,6 +50,17 @@ FAMILIES = {
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
     "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+    "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
+}
+
+# Phi-3 (fused qkv and gate/up tensors) and a Phi-4-mini in miniature: partial rotary (0.75 of
+# head_dim 32), longrope switching from its short to its long factors past 32 positions, tied.
+PHI3_VARIANTS = {
+    "phi3": dict(family="phi3", pad_token_id=None),
+    "phi4-mini": dict(family="phi3", heads=2, kv_heads=1, tied=True, pad_token_id=None, partial_rotary_factor=0.75,
+                      original_max_position_embeddings=32,
+                      rope_scaling={"rope_type": "longrope", "short_factor": [round(1.0 + 0.05 * i, 2) for i in range(12)],
+                                    "long_factor": [1.5 + 0.75 * i for i in range(12)]}),
 }
 
 

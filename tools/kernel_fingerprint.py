@@ -41,7 +41,7 @@ def spec(qk_norm: bool, large: bool) -> DecoderSpec:
     return DecoderSpec(architecture="Qwen3ForCausalLM" if qk_norm else "LlamaForCausalLM", vocab_size=vocab,
                        hidden_size=hidden, intermediate_size=inter, num_layers=1, num_heads=4, num_kv_heads=2,
                        head_dim=hidden // 4 if large else 32, rms_norm_eps=1e-6, rope_theta=10000.0,
-                       rope_scaling=None, tie_word_embeddings=not large, qkv_bias=qk_norm, o_bias=False,
+                       rope_scaling=None, partial_rotary_factor=1.0, tie_word_embeddings=not large, qkv_bias=qk_norm, o_bias=False,
                        mlp_bias=False, qk_norm=qk_norm, max_position_embeddings=4096, sliding_window=None)
 
 

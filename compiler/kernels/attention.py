@@ -8,6 +8,10 @@ the last `window` positions. Keys are rotated with their true positions when app
 with theirs, so every query-to-window distance is a real one, at most `window`; once positions
 have been evicted, the sinks are scored as if they sat just before the oldest kept position
 (the query is rotated a second time for them), so no distance exceeds sinks + window.
+
+RoPE turns the first spec.rotary_dim dimensions of each head (pairs d and d + rotary_dim / 2)
+and passes the rest through (Phi-4-mini's partial rotary); cos and sin are multiplied by
+rope.magnitude(spec) (longrope's attention factor), keys as they are stored and queries alike.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import math
 from tvm.script import tirx as T
 
 from .cache import cached_kernel
+from .. import rope as rope_settings
 from . import kv_codecs
 from .common import HAND_WRITTEN, VEC, serial_or_parallel, vector_exp
 from .kv_codecs import DOT_LANES
@@ -34,8 +39,8 @@ def append_kernel(layout, serial_appends: int = SERIAL_APPENDS):
     and values are heads [heads, heads + kv_heads) and [heads + kv_heads, heads + 2 kv_heads)
     of the fused q/k/v projection's output [n, heads + 2 kv_heads, head_dim]."""
     s = layout.spec
-    layers, kv_heads, dim, half = s.num_layers, s.num_kv_heads, s.head_dim, s.head_dim // 2
-    heads = s.num_heads
+    layers, kv_heads, dim, half = s.num_layers, s.num_kv_heads, s.head_dim, s.rotary_dim // 2
+    heads, magnitude = s.num_heads, rope_settings.magnitude(s)
     key, value = heads, heads + kv_heads  # the first key head and value head in qkv
     dtype, storage, packed = layout.dtype, layout.storage_dtype, layout.packed_dim
     slot_of = _slot_of(layout)
@@ -53,11 +58,14 @@ def append_kernel(layout, serial_appends: int = SERIAL_APPENDS):
             stat = T.sblock_alloc_buffer((2,), "float32")
             pos: T.let[T.int64] = start[0] + t
             slot: T.let[T.int64] = slot_of(pos)
-            rope_table(rope, 0, pos, inv_freq, half)
+            rope_table(rope, 0, pos, inv_freq, half, magnitude)
             for h in T.serial(kv_heads):
                 for d in T.serial(half):
                     row[d] = qkv[t, key + h, d] * rope[0, 0, d] - qkv[t, key + h, d + half] * rope[0, 1, d]
                     row[d + half] = qkv[t, key + h, d + half] * rope[0, 0, d] + qkv[t, key + h, d] * rope[0, 1, d]
+                if 2 * half < dim:
+                    for d in T.serial(2 * half, dim):
+                        row[d] = qkv[t, key + h, d]
                 store(row, stat, data, scales, layer, 0, h, slot)
                 for d in T.serial(dim):
                     row[d] = qkv[t, value + h, d]
@@ -91,7 +99,8 @@ def attention_kernel(layout, serial_visits: int = SERIAL_VISITS):
     """
     s = layout.spec
     layers, heads, kv_heads = s.num_layers, s.num_heads, s.num_kv_heads
-    dim, half, group = s.head_dim, s.head_dim // 2, s.num_heads // s.num_kv_heads
+    dim, half, group = s.head_dim, s.rotary_dim // 2, s.num_heads // s.num_kv_heads
+    magnitude = rope_settings.magnitude(s)
     storage, packed = layout.storage_dtype, layout.packed_dim
     scale = 1.0 / math.sqrt(dim)
     windowed, sinks, window = layout.windowed, layout.sinks, layout.window
@@ -105,6 +114,9 @@ def attention_kernel(layout, serial_visits: int = SERIAL_VISITS):
         for d in T.serial(half):
             dest[d] = (q[t, h, d] * rope[r, 0, d] - q[t, h, d + half] * rope[r, 1, d]) * T.float32(scale)
             dest[d + half] = (q[t, h, d + half] * rope[r, 0, d] + q[t, h, d] * rope[r, 1, d]) * T.float32(scale)
+        if 2 * half < dim:
+            for d in T.serial(2 * half, dim):
+                dest[d] = q[t, h, d] * T.float32(scale)
 
     @T.macro
     def attend(query, qsum, st, part, acc, chunk, data, scales, layer, kh, first, count):
@@ -161,7 +173,7 @@ def attention_kernel(layout, serial_visits: int = SERIAL_VISITS):
                 else:
                     # sinks, scored as if just before the oldest kept position
                     sink_rope = T.sblock_alloc_buffer((1, 2, half), "float32")
-                    rope_table(sink_rope, 0, qpos - oldest + T.int64(sinks), inv_freq, half)
+                    rope_table(sink_rope, 0, qpos - oldest + T.int64(sinks), inv_freq, half, magnitude)
                     rotate_query(query, t, h, q, sink_rope, 0)
                     _sum(query, qsum, dim)
                     attend(query, qsum, st, part, acc, chunk, data, scales, layer, kh, T.int64(0),
@@ -190,7 +202,7 @@ def attention_kernel(layout, serial_visits: int = SERIAL_VISITS):
         out = T.match_buffer(var_out, (n, heads, dim), "float32")
         rope = T.alloc_buffer((n, 2, half), "float32")  # each new position's cos and sin, for every head
         for t in T.serial(n):
-            rope_table(rope, t, start[0] + t, inv_freq, half)
+            rope_table(rope, t, start[0] + t, inv_freq, half, magnitude)
         serial_or_parallel(n * heads * (start[0] + n) <= serial_visits, n * heads, n * heads, attend_one,
                            (n, capacity, sc, q, rope, inv_freq, data, scales, start, layer, out))
 
@@ -213,13 +225,17 @@ def _slot_of(layout):
 
 
 @T.macro
-def rope_table(rope, r, pos, inv_freq, half):
-    """rope[r] = cos and sin of every rotated pair's angle at `pos`, computed once per position
-    and read by all of its heads: each value is a scalar libm call."""
+def rope_table(rope, r, pos, inv_freq, half, magnitude):
+    """rope[r] = cos and sin of every rotated pair's angle at `pos` (times magnitude), computed
+    once per position and read by all of its heads: each value is a scalar libm call."""
     for d in T.serial(half):
         angle: T.let[T.float32] = T.Cast("float32", pos) * inv_freq[d]
-        rope[r, 0, d] = T.cos(angle)
-        rope[r, 1, d] = T.sin(angle)
+        if magnitude == 1.0:
+            rope[r, 0, d] = T.cos(angle)
+            rope[r, 1, d] = T.sin(angle)
+        else:
+            rope[r, 0, d] = T.cos(angle) * T.float32(magnitude)
+            rope[r, 1, d] = T.sin(angle) * T.float32(magnitude)
 
 
 @T.macro

@@ -13,7 +13,7 @@ import torch
 from click.testing import CliRunner
 from tokenizers import Tokenizer
 
-from checkpoints import make_checkpoint
+from checkpoints import PHI3_VARIANTS, make_checkpoint
 from gguf_files import write_gguf
 
 from air.compiler.checkpoint import load_checkpoint
@@ -25,6 +25,7 @@ SOURCES = {
     "llama-bias-tied": dict(family="llama", attention_bias=True, tied=True, kv_heads=4),
     "qwen2-tied": dict(family="qwen2", tied=True),
     "qwen3-qknorm": dict(family="qwen3", head_dim=32),
+    "phi4-mini": PHI3_VARIANTS["phi4-mini"],  # fused attn_qkv / ffn_up, rope factor tensors, partial rotary
 }
 TEXTS = ["def f(x):\n    return x  +  1\n", "<|bos|>héllo wörld 12345 ∑ 🙂<|eos|>", "\t\t  \n\n   trailing   ",
          "<|extra_300|>class Stack:"]

@@ -1,10 +1,12 @@
 """The KV-cache kernels (append with RoPE and quantization, attention with dequantization,
-sinks + window) against a numpy reference of the same arithmetic."""
+sinks + window, partial rotary with longrope's attention factor) against a numpy reference of
+the same arithmetic."""
 
 import numpy as np
 import pytest
 import tvm
 
+from air.compiler import rope
 from air.compiler.kernels import attention
 from air.compiler.kv_layouts import KVLayout
 from air.runtime.contract import KV_DTYPES
@@ -14,6 +16,12 @@ from air.devices import host_device
 SPEC = spec_from_config({"architectures": ["LlamaForCausalLM"], "vocab_size": 16, "hidden_size": 128,
                          "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
                          "num_key_value_heads": 2, "head_dim": 32}, "test")
+# Phi-4-mini's rope: the first 24 of 32 dimensions rotated, cos and sin scaled by longrope's factor.
+PARTIAL = spec_from_config({"architectures": ["Phi3ForCausalLM"], "vocab_size": 16, "hidden_size": 128,
+                            "intermediate_size": 16, "num_hidden_layers": 2, "num_attention_heads": 4,
+                            "num_key_value_heads": 2, "partial_rotary_factor": 0.75, "max_position_embeddings": 512,
+                            "rope_scaling": {"type": "longrope", "short_factor": [1.0] * 12, "long_factor": [4.0] * 12,
+                                             "original_max_position_embeddings": 32}}, "test")
 LAYER = 1
 
 
@@ -31,11 +39,14 @@ def inv_freq(dim):
     return (1.0 / (10000.0 ** (np.arange(0, dim, 2) / dim))).astype(np.float32)
 
 
-def rotate(x, pos, freqs):
-    half = x.shape[-1] // 2
+def rotate(x, pos, freqs, magnitude=1.0):
+    """The first 2 len(freqs) dimensions rotated (their halves paired), cos and sin times magnitude."""
+    half = len(freqs)
     angle = np.float32(pos) * np.concatenate([freqs, freqs])
-    rotated = np.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return (x * np.cos(angle) + rotated * np.sin(angle)).astype(np.float32)
+    turned = x[..., :2 * half]
+    rotated = np.concatenate([-turned[..., half:], turned[..., :half]], axis=-1)
+    turned = turned * np.cos(angle) * magnitude + rotated * np.sin(angle) * magnitude
+    return np.concatenate([turned, x[..., 2 * half:]], axis=-1).astype(np.float32)
 
 
 def quantize_roundtrip(row, kind):
@@ -52,7 +63,7 @@ def quantize_roundtrip(row, kind):
     return np.clip(np.floor((row - low) / scale + 0.5), 0, 15) * scale + low
 
 
-def reference_attention(q, keys, values, qpos, layout, freqs):
+def reference_attention(q, keys, values, qpos, layout, freqs, magnitude=1.0):
     """keys/values: dict position -> [kv_heads, dim] as stored (rotated, round-tripped)."""
     group = SPEC.num_heads // SPEC.num_kv_heads
     out = np.zeros_like(q)
@@ -65,7 +76,8 @@ def reference_attention(q, keys, values, qpos, layout, freqs):
         visible = [(p, qpos) for p in range(qpos + 1)]
     for h in range(SPEC.num_heads):
         kh = h // group
-        scores = np.array([rotate(q[h], rot_pos, freqs) @ keys[p][kh] for p, rot_pos in visible]) / np.sqrt(SPEC.head_dim)
+        scores = np.array([rotate(q[h], rot_pos, freqs, magnitude) @ keys[p][kh]
+                           for p, rot_pos in visible]) / np.sqrt(SPEC.head_dim)
         weights = np.exp(scores - scores.max())
         weights /= weights.sum()
         out[h] = sum(w * values[p][kh] for w, (p, _) in zip(weights, visible))
@@ -75,11 +87,22 @@ def reference_attention(q, keys, values, qpos, layout, freqs):
 @pytest.mark.parametrize("kind", KV_DTYPES)
 @pytest.mark.parametrize("windowed", [False, True])
 def test_append_and_attend_match_numpy(kind, windowed):
-    layout = KVLayout(SPEC, kind, max_context=128, sinks=3 if windowed else 0, window=20 if windowed else 0, slack=8)
+    check_against_numpy(SPEC, kind, windowed)
+
+
+@pytest.mark.parametrize("kind, windowed", [(kind, False) for kind in KV_DTYPES] + [("int8", True)])
+def test_partial_rotary_with_attention_factor_matches_numpy(kind, windowed):
+    check_against_numpy(PARTIAL, kind, windowed)
+
+
+def check_against_numpy(spec, kind, windowed):
+    """spec: SPEC's shapes, its own rotary_dim and rope magnitude."""
+    layout = KVLayout(spec, kind, max_context=128, sinks=3 if windowed else 0, window=20 if windowed else 0, slack=8)
     lib = compile_kernels(layout)
     dev = tvm.cpu()
     rng = np.random.default_rng(1)
-    freqs = inv_freq(SPEC.head_dim)
+    freqs = inv_freq(spec.rotary_dim)
+    magnitude = rope.magnitude(spec)
     capacity = layout.fixed_capacity or 128
     caches = [tvm.runtime.tensor(np.zeros(shape, dtype), dev) for shape, dtype in layout.tensor_shapes(capacity)]
     keys, values = {}, {}
@@ -96,10 +119,11 @@ def test_append_and_attend_match_numpy(kind, windowed):
         lib["attend"](qkv, tvm.runtime.tensor(freqs, dev), *caches, start, LAYER, out)
         for t in range(n):
             pos = length + t
-            keys[pos] = np.stack([quantize_roundtrip(rotate(k[t, h], pos, freqs), kind) for h in range(SPEC.num_kv_heads)])
+            keys[pos] = np.stack([quantize_roundtrip(rotate(k[t, h], pos, freqs, magnitude), kind)
+                                  for h in range(SPEC.num_kv_heads)])
             values[pos] = np.stack([quantize_roundtrip(v[t, h], kind) for h in range(SPEC.num_kv_heads)])
         for t in range(n):
-            expected = reference_attention(q[t], keys, values, length + t, layout, freqs)
+            expected = reference_attention(q[t], keys, values, length + t, layout, freqs, magnitude)
             np.testing.assert_allclose(out.numpy()[t], expected, atol=2e-4, rtol=2e-4)
         length += n
 
