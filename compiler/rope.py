@@ -11,14 +11,18 @@ import numpy as np
 from .spec import DecoderSpec
 
 
-def inverse_frequencies(spec: DecoderSpec) -> np.ndarray:
-    """The per-pair rotation frequencies, with llama3 scaling applied when the checkpoint asks."""
+def inverse_frequencies(spec: DecoderSpec, sliding: bool = False) -> np.ndarray:
+    """The per-pair rotation frequencies, with linear or llama3 scaling applied when the checkpoint
+    asks; `sliding`: those of the sliding layers (their own base, never scaled)."""
     dim = spec.head_dim
     exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
-    inv_freq = (1.0 / (np.float32(spec.rope_theta) ** exponents)).astype(np.float32)
-    scaling = spec.rope_scaling
+    theta = spec.rope_local_theta if sliding else spec.rope_theta
+    inv_freq = (1.0 / (np.float32(theta) ** exponents)).astype(np.float32)
+    scaling = None if sliding else spec.rope_scaling
     if scaling is None:
         return inv_freq
+    if scaling["rope_type"] == "linear":
+        return (inv_freq / np.float32(scaling["factor"])).astype(np.float32)
     factor = scaling["factor"]
     low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
     old_len = scaling["original_max_position_embeddings"]

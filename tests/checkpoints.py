@@ -50,7 +50,9 @@ FAMILIES = {
     "qwen2": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM),
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
     "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
+    "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM),
 }
+UNIT_OFFSET_NORMS = ("gemma3",)  # families whose norms scale by 1 + weight
 
 
 def make_checkpoint(folder: Path, family: str = "llama", *, hidden: int = 64, layers: int = 2, heads: int = 4,
@@ -71,7 +73,7 @@ def make_checkpoint(folder: Path, family: str = "llama", *, hidden: int = 64, la
         for name, param in model.named_parameters():
             # larger than the default init so that logits are not flat and argmax is stable
             param.normal_(0.0, 0.08 if param.dim() > 1 else 0.3)
-            if "norm" in name:
+            if "norm" in name and family not in UNIT_OFFSET_NORMS:
                 param.add_(1.0)
     model.to(getattr(torch, dtype)).save_pretrained(folder)
     make_tokenizer(folder, vocab, chat_template)
