@@ -39,7 +39,7 @@ AIR_VERSION = "0.1.0"
 def _context_length(ckpt: Checkpoint, recipe: Recipe, progress: Progress | None = None) -> int:
     spec = ckpt.spec
     limit = min(recipe.max_context, spec.max_position_embeddings)
-    if spec.sliding_window and spec.sliding_window < limit:
+    if spec.sliding_window and spec.layer_types is None and spec.sliding_window < limit:
         # Within its window a sliding-window model is exact full attention.
         if progress is not None:
             progress.note(f"{ckpt.path}: context limited to its sliding window of {spec.sliding_window}")

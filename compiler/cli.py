@@ -162,6 +162,14 @@ def inspect(bundle, as_json):
     click.echo(_summary(root, manifest) + f"\nsignature: {signer}")
 
 
+def _group_summary(group) -> str:
+    layers = f"layers {group.layers[0]}-{group.layers[-1]}" if len(group.layers) > 1 else f"layer {group.layers[0]}"
+    if not group.windowed:
+        return f"{layers}: dense, {group.bytes_per_token} bytes/token"
+    return (f"{layers}: windowed ({group.sinks} sinks + {group.window} recent), "
+            f"{group.bytes_per_token * group.fixed_capacity / 1e6:.2f} MB at any context")
+
+
 def _signer(root: Path, manifest: dict) -> str:
     from air.runtime.signing import describe_signer, read_signature
 
@@ -189,6 +197,8 @@ def _summary(root: Path, manifest: dict) -> str:
             f"  kv cache: {kinds} {kv.dtype}, context {kv.max_context}, "
             f"{kv.bytes_per_token} bytes/token, {kv.max_bytes / 1e6:.1f} MB at full context",
         ]
+        if len(kv.groups) > 1:
+            lines += [f"    {_group_summary(group)}" for group in kv.groups]
     template = manifest["tokenizer"].get("chat_template")
     lines.append(f"chat template: {template}" if template else
                  "chat template: none (air-run chat and serve use the plain User:/Assistant: fallback)")

@@ -108,17 +108,19 @@ class Linear(_Matrix):
 
 
 class Embedding(_Matrix):
-    """The token table; lookups dequantize just the rows they read."""
+    """The token table; lookups dequantize just the rows they read (and multiply them by `scale`,
+    Gemma's sqrt(hidden), when given; the LM head of tied embeddings reads the table unscaled)."""
 
-    def __init__(self, vocab: int, width: int, fmt: WeightFormat):
+    def __init__(self, vocab: int, width: int, fmt: WeightFormat, scale: float | None = None):
         self._declare(vocab, width, fmt)
+        self.scale = scale
 
     def lookup(self, tokens):
         out = nn.Tensor.placeholder((tokens.shape[0], self.cols), "float32")
         if self.fmt.quantized:
-            kernel = embedding.packed_lookup_kernel(self.fmt.scheme, self.rows, self.cols)
+            kernel = embedding.packed_lookup_kernel(self.fmt.scheme, self.rows, self.cols, self.scale)
             return op.tensor_ir_op(kernel, "embed", [tokens, self.qs, self.scales], out)
-        kernel = embedding.dense_lookup_kernel(self.rows, self.cols, self.tiles.dtype)
+        kernel = embedding.dense_lookup_kernel(self.rows, self.cols, self.tiles.dtype, self.scale)
         return op.tensor_ir_op(kernel, "embed", [tokens, self.tiles], out)
 
     def as_lm_head(self, hidden):
@@ -149,11 +151,11 @@ class RMSNorm(nn.Module):
         return total, (QuantizedRows(*normed) if self.quantized else normed[0])
 
 
-def swiglu(gate_up, fmt: WeightFormat):
-    """silu(gate) * up from the fused gate/up output [n, 2 width], in the form the down
-    projection reads (one kernel)."""
+def swiglu(gate_up, fmt: WeightFormat, activation: str = "silu"):
+    """act(gate) * up from the fused gate/up output [n, 2 width], in the form the down
+    projection reads (one kernel); act: silu, or gelu_tanh (GeGLU)."""
     n, width = gate_up.shape[0], int(gate_up.shape[1]) // 2
-    kernel = norms.swiglu_kernel(width, fmt.quantized)
+    kernel = norms.swiglu_kernel(width, fmt.quantized, activation)
     if fmt.quantized:
         return QuantizedRows(*op.tensor_ir_op(kernel, "swiglu", [gate_up], quantized_rows_placeholders(n, width)))
     return op.tensor_ir_op(kernel, "swiglu", [gate_up], nn.Tensor.placeholder((n, width), "float32"))
@@ -168,3 +170,10 @@ def head_norms(qkv, q_norm: "RMSNorm", k_norm: "RMSNorm", heads: int, kv_heads: 
     normed = op.tensor_ir_op(kernel, "head_norm", [rows, q_norm.weight, k_norm.weight],
                              nn.Tensor.placeholder((n * period, dim), "float32"))
     return op.reshape(normed, (n, period, dim))
+
+
+def softcap(logits, cap: float):
+    """cap * tanh(logits / cap) (Gemma's final logit soft-capping)."""
+    n, width = logits.shape[0], int(logits.shape[1])
+    return op.tensor_ir_op(norms.softcap_kernel(width, cap), "softcap", [logits],
+                           nn.Tensor.placeholder((n, width), "float32"))

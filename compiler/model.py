@@ -8,16 +8,18 @@ runtime's cache tensors in place, through the KV layout's kernels (kernels/atten
 
 from __future__ import annotations
 
+import inspect
+
 from tvm import tirx
 from tvm.relax.frontend import nn
 from tvm.relax.frontend.nn import op
 
-from air.runtime.contract import FUNCTIONS, function_inputs
+from air.runtime.contract import CAPACITY, FUNCTIONS, function_inputs
 
 from .kernels.attention import append_kernel, attention_kernel
 from .kernels.embedding import last_row_kernel
 from .kv_layouts import KVLayout
-from .layers import Embedding, Linear, RMSNorm, WeightFormat, head_norms, swiglu
+from .layers import Embedding, Linear, RMSNorm, WeightFormat, head_norms, softcap, swiglu
 from .spec import DecoderSpec
 
 
@@ -59,21 +61,30 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, spec: DecoderSpec, fmt: WeightFormat):
         s = spec
-        self.fmt = fmt
+        self.fmt, self.activation = fmt, spec.activation
         width = s.intermediate_size
         self.gate_up_proj = Linear(s.hidden_size, 2 * width, s.mlp_bias, fmt,
                                    parts=(("gate_proj", width), ("up_proj", width)))
         self.down_proj = Linear(s.intermediate_size, s.hidden_size, s.mlp_bias, fmt)
 
     def forward(self, x):
-        return self.down_proj(swiglu(self.gate_up_proj(x), self.fmt))
+        return self.down_proj(swiglu(self.gate_up_proj(x), self.fmt, self.activation))
 
 
 class DecoderLayer(nn.Module):
+    """With sandwich_norms (Gemma 3) the attention and MLP outputs are normed before they are
+    added to the residual stream: post_attention_layernorm then norms the attention output, and
+    pre_feedforward_layernorm is the norm before the MLP."""
+
     def __init__(self, spec: DecoderSpec, fmt: WeightFormat):
-        self.input_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, fmt)
+        width, eps = spec.hidden_size, spec.rms_norm_eps
+        self.sandwich = spec.sandwich_norms
+        self.input_layernorm = RMSNorm(width, eps, fmt)
         self.self_attn = Attention(spec, fmt)
-        self.post_attention_layernorm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, fmt)
+        self.post_attention_layernorm = RMSNorm(width, eps, None if self.sandwich else fmt)
+        if self.sandwich:
+            self.pre_feedforward_layernorm = RMSNorm(width, eps, fmt)
+            self.post_feedforward_layernorm = RMSNorm(width, eps, None)
         self.mlp = MLP(spec, fmt)
 
     def forward(self, x, delta, cache, layer, start_pos, inv_freq, kv):
@@ -84,59 +95,90 @@ class DecoderLayer(nn.Module):
         else:
             x, h = self.input_layernorm(x, delta)
         attn_out, cache = self.self_attn(h, cache, layer, start_pos, inv_freq, kv)
-        x, h = self.post_attention_layernorm(x, attn_out)
-        return x, self.mlp(h), cache
+        if not self.sandwich:
+            x, h = self.post_attention_layernorm(x, attn_out)
+            return x, self.mlp(h), cache
+        x, h = self.pre_feedforward_layernorm(x, self.post_attention_layernorm(attn_out))
+        return x, self.post_feedforward_layernorm(self.mlp(h)), cache
 
 
 class Backbone(nn.Module):
     def __init__(self, spec: DecoderSpec, fmt: WeightFormat):
-        self.embed_tokens = Embedding(spec.vocab_size, spec.hidden_size, fmt)
+        self.embed_tokens = Embedding(spec.vocab_size, spec.hidden_size, fmt, spec.embedding_scale)
         self.layers = nn.ModuleList([DecoderLayer(spec, fmt) for _ in range(spec.num_layers)])
         self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, fmt)
 
 
 class CausalLM(nn.Module):
+    """`kv`: the recipe's cache layout; its groups() say which cache tensors each layer uses
+    (one pair for most families; Gemma 3's sliding and full layers each have their own)."""
+
     def __init__(self, spec: DecoderSpec, kv: KVLayout, fmt: WeightFormat):
         self.spec = spec
         self.kv = kv
+        self.groups = kv.groups()
         self.model = Backbone(spec, fmt)
         if not spec.tie_word_embeddings:
             self.lm_head = Linear(spec.hidden_size, spec.logit_rows, False, fmt)
-        # Built by the compiler from the config (not a checkpoint tensor).
+        # Built by the compiler from the config (not checkpoint tensors).
         self.rope_inv_freq = nn.Parameter((spec.rotary_dim // 2,), "float32")
+        if spec.rope_local_theta is not None:
+            self.rope_local_inv_freq = nn.Parameter((spec.rotary_dim // 2,), "float32")
+        cache_spec = kv.cache_spec()
+        for function, body in (("prefill", self._prefill), ("decode", self._forward), ("verify", self._forward)):
+            setattr(self, function, _method(function_inputs(function, cache_spec), body))
 
-    def _residual(self, tokens, cache, start_pos):
+    def _residual(self, tokens, caches, start_pos):
         """The residual stream after the last layer, as (x, last delta): the final norm adds them."""
         x, delta = self.model.embed_tokens.lookup(tokens), None
+        caches = [tuple(caches[2 * g:2 * g + 2]) for g in range(len(self.groups))]  # (data, scales) per group
         for index, layer in enumerate(self.model.layers):
-            x, delta, cache = layer(x, delta, cache, index, start_pos, self.rope_inv_freq, self.kv)
+            g, slot = self.kv.locate(index)
+            inv_freq = self.rope_local_inv_freq if self.spec.sliding(index) else self.rope_inv_freq
+            x, delta, caches[g] = layer(x, delta, caches[g], slot, start_pos, inv_freq, self.groups[g])
         return x, delta
 
     def _logits(self, x, delta):
         _, hidden = self.model.norm(x, delta)
         if self.spec.tie_word_embeddings:
-            return self.model.embed_tokens.as_lm_head(hidden)
-        return self.lm_head(hidden)
+            logits = self.model.embed_tokens.as_lm_head(hidden)
+        else:
+            logits = self.lm_head(hidden)
+        cap = self.spec.final_logit_softcap
+        return logits if cap is None else softcap(logits, cap)
 
-    # The arguments are contract.function_inputs' (only tensors, so TVM RPC can call them).
-    def prefill(self, tokens, cache_data, cache_scales, start):
-        x, delta = self._residual(tokens, (cache_data, cache_scales), start)
+    # The arguments are contract.function_inputs' (only tensors, so TVM RPC can call them):
+    # the tokens, every group's cache tensors, start.
+    def _prefill(self, tokens, *rest):
+        x, delta = self._residual(tokens, rest[:-1], rest[-1])
         last_row = last_row_kernel(self.spec.hidden_size)
         width = self.spec.hidden_size
         x, delta = (op.tensor_ir_op(last_row, "last_row", [t], nn.Tensor.placeholder((1, width), "float32"))
                     for t in (x, delta))
         return self._logits(x, delta)
 
-    def decode(self, token, cache_data, cache_scales, start):
-        return self._logits(*self._residual(token, (cache_data, cache_scales), start))
-
-    def verify(self, tokens, cache_data, cache_scales, start):
-        return self._logits(*self._residual(tokens, (cache_data, cache_scales), start))
+    def _forward(self, tokens, *rest):
+        """decode and verify: the logits of every row."""
+        return self._logits(*self._residual(tokens, rest[:-1], rest[-1]))
 
     def export_spec(self) -> dict:
         kv = self.kv.cache_spec()
+        # Each group's capacity is its own symbolic dimension (one name would make them one).
+        capacity = {t.name: CAPACITY if g == 0 else f"{CAPACITY}_{g}" for g, group in enumerate(kv.groups)
+                    for t in group.tensors}
         spec = {}
         for function in FUNCTIONS:
-            spec[function] = {arg.name: nn.spec.Tensor(list(arg.shape), arg.dtype) for arg in function_inputs(function, kv)}
+            spec[function] = {arg.name: nn.spec.Tensor([capacity[arg.name] if d == CAPACITY else d for d in arg.shape],
+                                                       arg.dtype) for arg in function_inputs(function, kv)}
             spec[function]["$"] = {"param_mode": "plain", "effect_mode": "none"}
         return spec
+
+
+def _method(arguments, body):
+    """body(*tensors) with a signature naming `arguments`: nn's exporter matches a method's
+    argument names to the spec, and the number of cache tensors depends on the model."""
+    def method(*tensors):
+        return body(*tensors)
+    parameter = inspect.Parameter.POSITIONAL_OR_KEYWORD
+    method.__signature__ = inspect.Signature([inspect.Parameter(arg.name, parameter) for arg in arguments])
+    return method

@@ -21,18 +21,23 @@ from .spec import DecoderSpec
 LONG_TABLE = "rope_inv_freq_long"  # the weights file's long-factor table (not a parameter)
 
 
-def inverse_frequencies(spec: DecoderSpec, long: bool = False) -> np.ndarray:
-    """The per-pair rotation frequencies, with llama3 or longrope scaling when the checkpoint asks."""
+def inverse_frequencies(spec: DecoderSpec, long: bool = False, sliding: bool = False) -> np.ndarray:
+    """The per-pair rotation frequencies, with linear, llama3 or longrope scaling when the checkpoint
+    asks; `long`: longrope's long factors; `sliding`: those of the sliding layers (their own base,
+    never scaled)."""
     dim = spec.rotary_dim
     exponents = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
-    powers = np.float32(spec.rope_theta) ** exponents
-    scaling = spec.rope_scaling
+    theta = spec.rope_local_theta if sliding else spec.rope_theta
+    powers = np.float32(theta) ** exponents
+    scaling = None if sliding else spec.rope_scaling
     if scaling is not None and scaling["rope_type"] == "longrope":
         factors = np.asarray(scaling["long_factor" if long else "short_factor"], dtype=np.float32)
         return (1.0 / (factors * powers)).astype(np.float32)
     inv_freq = (1.0 / powers).astype(np.float32)
     if scaling is None:
         return inv_freq
+    if scaling["rope_type"] == "linear":
+        return (inv_freq / np.float32(scaling["factor"])).astype(np.float32)
     factor = scaling["factor"]
     low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
     old_len = scaling["original_max_position_embeddings"]

@@ -8,6 +8,8 @@ from __future__ import annotations
 import dataclasses
 import math
 
+import numpy as np
+
 from air.errors import AirError
 
 # Architecture name -> the flags that set it apart.
@@ -18,7 +20,9 @@ FAMILIES = {
     "Qwen3ForCausalLM": {"qkv_bias_key": "attention_bias", "qk_norm": True},
     # Phi-3 / Phi-4-mini: fused qkv and gate/up tensors (tensor_map.py), longrope, partial rotary
     "Phi3ForCausalLM": {"qkv_bias_key": None, "qk_norm": False, "longrope": True, "partial_rotary": True},
+    "Gemma3ForCausalLM": {"qkv_bias_key": "attention_bias", "qk_norm": True},
 }
+SLIDING, FULL = "sliding_attention", "full_attention"  # transformers' names of the layer types
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,8 +45,17 @@ class DecoderSpec:
     mlp_bias: bool
     qk_norm: bool  # RMSNorm over head_dim on q and k before RoPE (Qwen3)
     max_position_embeddings: int
-    sliding_window: int | None
+    sliding_window: int | None  # with layer_types: the window of the sliding layers, else of every layer
     head_rows: int | None = None  # a draft's trimmed LM head (checkpoint's head_tokens.json); None: vocab_size
+    # Gemma 3's flags (the defaults are every other family's):
+    activation: str = "silu"  # of the gated MLP: silu or gelu_tanh
+    sandwich_norms: bool = False  # norms after attention and after the MLP too, before the residual add
+    unit_offset_norms: bool = False  # every norm scales by 1 + weight (folded into the stored weights)
+    embedding_scale: float | None = None  # the looked-up rows are multiplied by it
+    query_pre_attn_scalar: float | None = None  # attention scores scaled by its -1/2 power (else head_dim's)
+    final_logit_softcap: float | None = None  # logits = cap * tanh(logits / cap)
+    layer_types: tuple[str, ...] | None = None  # per layer SLIDING or FULL; None: every layer alike
+    rope_local_theta: float | None = None  # the rope base of the sliding layers (no scaling)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -59,6 +72,10 @@ class DecoderSpec:
     @property
     def rotary_dim(self) -> int:
         return int(self.head_dim * self.partial_rotary_factor)
+
+    def sliding(self, layer: int) -> bool:
+        """Whether a layer attends only to its last sliding_window positions (Gemma 3's local layers)."""
+        return self.layer_types is not None and self.layer_types[layer] == SLIDING
 
 
 def _require(config: dict, key: str, source: str):
@@ -83,8 +100,12 @@ def _rope_settings(config: dict, family: dict, source: str) -> tuple[float, dict
         return float(theta), None
     if kind == "longrope" and family.get("longrope"):
         return float(theta), _longrope(config, scaling, source)
+    if kind == "linear":
+        if "factor" not in scaling:
+            raise AirError(f"{source}: linear rope scaling lacks factor")
+        return float(theta), {"rope_type": "linear", "factor": float(scaling["factor"])}
     if kind != "llama3":
-        supported = "llama3, longrope" if family.get("longrope") else "llama3"
+        supported = "linear, llama3, longrope" if family.get("longrope") else "linear, llama3"
         raise AirError(f"{source}: rope scaling of type '{kind}' is not supported (supported: {supported})")
     keys = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
     missing = [k for k in keys if k not in scaling]
@@ -139,9 +160,14 @@ def spec_from_config(config: dict, source: str) -> DecoderSpec:
     bias_key = family["qkv_bias_key"]
     qkv_bias = bias_key == "always" or bool(bias_key and config.get(bias_key, False))
     theta, scaling = _rope_settings(config, family, source)
-    act = config.get("hidden_act", "silu")
-    if act != "silu":
-        raise AirError(f"{source}: activation '{act}' is not supported (supported: silu)")
+    extra = {}
+    if arch == "Gemma3ForCausalLM":
+        extra = _gemma3(config, source, hidden)
+        theta, scaling = extra.pop("rope_theta"), extra.pop("rope_scaling")
+    else:
+        act = config.get("hidden_act", "silu")
+        if act != "silu":
+            raise AirError(f"{source}: activation '{act}' is not supported (supported: silu)")
     window = config.get("sliding_window") if config.get("use_sliding_window", True) else None
     spec = DecoderSpec(
         architecture=arch,
@@ -158,11 +184,12 @@ def spec_from_config(config: dict, source: str) -> DecoderSpec:
         partial_rotary_factor=_partial_rotary_factor(config, family, source),
         tie_word_embeddings=bool(config.get("tie_word_embeddings", False)),
         qkv_bias=qkv_bias,
-        o_bias=arch == "LlamaForCausalLM" and qkv_bias,
+        o_bias=arch in ("LlamaForCausalLM", "Gemma3ForCausalLM") and qkv_bias,
         mlp_bias=bool(config.get("mlp_bias", False)),
         qk_norm=family["qk_norm"],
         max_position_embeddings=int(config.get("max_position_embeddings", 2048)),
         sliding_window=int(window) if window else None,
+        **extra,
     )
     _check_rotary(spec, source)
     return spec
@@ -178,3 +205,51 @@ def _check_rotary(spec: DecoderSpec, source: str) -> None:
             if len(spec.rope_scaling[key]) != pairs:
                 raise AirError(f"{source}: longrope {key} has {len(spec.rope_scaling[key])} values, "
                                f"expected one per rotated pair ({pairs})")
+
+
+_GEMMA3_UNSUPPORTED = {"attn_logit_softcapping": "attention logit soft-capping",
+                       "use_bidirectional_attention": "bidirectional attention"}
+
+
+def _gemma3(config: dict, source: str, hidden: int) -> dict:
+    """Gemma 3's fields, from a config written by transformers 5 (layer_types, rope_parameters per
+    layer type) or 4 (sliding_window_pattern, rope_theta and rope_local_base_freq)."""
+    for key, what in _GEMMA3_UNSUPPORTED.items():
+        if config.get(key):
+            raise AirError(f"{source}: {what} ({key}) is not supported")
+    act = config.get("hidden_activation", config.get("hidden_act", "gelu_pytorch_tanh"))
+    if act not in ("gelu_pytorch_tanh", "gelu_tanh"):
+        raise AirError(f"{source}: activation '{act}' is not supported (supported: gelu_pytorch_tanh)")
+    layers = int(_require(config, "num_hidden_layers", source))
+    pattern = int(config.get("sliding_window_pattern", config.get("_sliding_window_pattern", 6)))
+    types = config.get("layer_types") or [SLIDING if (i + 1) % pattern else FULL for i in range(layers)]
+    if len(types) != layers or not set(types) <= {SLIDING, FULL}:
+        raise AirError(f"{source}: layer_types should name {SLIDING} or {FULL} for each of the {layers} layers")
+    if SLIDING in types and not config.get("sliding_window"):
+        raise AirError(f"{source}: sliding layers need a sliding_window")
+    params = config.get("rope_parameters") or {}
+    full = {"rope_theta": config.get("rope_theta", 1_000_000.0), "rope_scaling": config.get("rope_scaling"),
+            "rope_parameters": params.get(FULL) or {}}
+    theta, scaling = _rope_settings(full, FAMILIES["Gemma3ForCausalLM"], source)
+    local = params.get(SLIDING) or {"rope_theta": config.get("rope_local_base_freq", 10_000.0)}
+    if local.get("rope_type", "default") != "default":
+        raise AirError(f"{source}: rope scaling on the sliding layers is not supported")
+    cap = config.get("final_logit_softcapping")
+    return {"rope_theta": theta, "rope_scaling": scaling, "activation": "gelu_tanh", "sandwich_norms": True,
+            "unit_offset_norms": True, "embedding_scale": _embedding_scale(hidden, config),
+            "query_pre_attn_scalar": float(config.get("query_pre_attn_scalar", 256)),
+            "final_logit_softcap": float(cap) if cap else None, "layer_types": tuple(types),
+            "rope_local_theta": float(local["rope_theta"])}
+
+
+def _embedding_scale(hidden: int, config: dict) -> float:
+    """sqrt(hidden) rounded to the checkpoint's dtype, as transformers multiplies the embedding rows."""
+    scale = np.float32(hidden ** 0.5)
+    dtype = config.get("dtype", config.get("torch_dtype", "float32"))
+    if dtype == "float16":
+        return float(np.float16(scale))
+    if dtype == "bfloat16":  # round to nearest even on the upper 16 bits
+        bits = int(scale.view(np.uint32))
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return float(np.uint32(bits).view(np.float32))
+    return float(scale)

@@ -8,7 +8,8 @@ qkv_proj, gate_up_proj) lists one source; one with extra norms (Gemma 3) lists t
 
 `matrices` are weight matrices, keyed by layer: weights.py packs them into the layer's
 "tiles" (f32, f16) or "qs" and "scales" (q8, q4). `vectors` (norms, biases) are keyed by
-parameter name and stored as they are.
+parameter name and stored as they are, except those in `unit_offset` (Gemma's norms, which
+scale by 1 + w): stored as 1 + w, computed in f32 as transformers computes it, so exactly.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ Sources = tuple[tuple[str, tuple[int, ...]], ...]  # (checkpoint tensor, its sha
 class TensorMap:
     matrices: dict[str, Sources]
     vectors: dict[str, Sources]
+    unit_offset: frozenset[str] = frozenset()
 
     def all_sources(self) -> Sources:
         return tuple(source for group in (self.matrices, self.vectors) for sources in group.values() for source in sources)
 
 
 def _hf_decoder(s: DecoderSpec, fused: bool = False) -> TensorMap:
-    """Llama, Mistral, Qwen2 and Qwen3: separate q/k/v and gate/up projections. `fused` (Phi-3):
+    """Llama, Mistral, Qwen2, Qwen3 and Gemma 3: separate q/k/v and gate/up projections. `fused` (Phi-3):
     the checkpoint already stacks them as one qkv_proj (the query heads' rows, then the key
     heads', then the value heads', the grouped-query split of our own qkv_proj) and one
     gate_up_proj (gate rows, then up rows)."""
@@ -49,7 +51,8 @@ def _hf_decoder(s: DecoderSpec, fused: bool = False) -> TensorMap:
             matrices[f"{mlp}.gate_up_proj"] = tuple((f"{mlp}.{part}.weight", (rows, hidden)) for part, rows in gate_up)
         matrices[f"{attn}.o_proj"] = ((f"{attn}.o_proj.weight", (hidden, q_rows)),)
         matrices[f"{mlp}.down_proj"] = ((f"{mlp}.down_proj.weight", (hidden, width)),)
-        for norm in ("input_layernorm", "post_attention_layernorm"):
+        sandwich = ("pre_feedforward_layernorm", "post_feedforward_layernorm") if s.sandwich_norms else ()
+        for norm in ("input_layernorm", "post_attention_layernorm", *sandwich):
             vectors[f"{layer}.{norm}.weight"] = ((f"{layer}.{norm}.weight", (hidden,)),)
         if s.qk_norm:
             for norm in ("q_norm", "k_norm"):
@@ -63,7 +66,8 @@ def _hf_decoder(s: DecoderSpec, fused: bool = False) -> TensorMap:
             vectors[f"{mlp}.down_proj.bias"] = ((f"{mlp}.down_proj.bias", (hidden,)),)
     if not s.tie_word_embeddings:
         matrices["lm_head"] = (("lm_head.weight", (s.vocab_size, hidden)),)
-    return TensorMap(matrices, vectors)
+    offset = frozenset(name for name in vectors if name.endswith("norm.weight")) if s.unit_offset_norms else frozenset()
+    return TensorMap(matrices, vectors, offset)
 
 
 # Architecture (config.json "architectures") -> its mapping; spec.FAMILIES lists the same names.
@@ -73,6 +77,7 @@ FAMILY_TENSORS = {
     "Qwen2ForCausalLM": _hf_decoder,
     "Qwen3ForCausalLM": _hf_decoder,
     "Phi3ForCausalLM": lambda s: _hf_decoder(s, fused=True),
+    "Gemma3ForCausalLM": _hf_decoder,
 }
 
 

@@ -25,7 +25,8 @@ from .rope import inverse_frequencies
 from .tensor_map import Sources, TensorMap
 
 # Parameters the compiler makes itself rather than reading from the checkpoint.
-DERIVED = {"rope_inv_freq": lambda ckpt: inverse_frequencies(ckpt.spec)}
+DERIVED = {"rope_inv_freq": lambda ckpt: inverse_frequencies(ckpt.spec),
+           "rope_local_inv_freq": lambda ckpt: inverse_frequencies(ckpt.spec, sliding=True)}
 PACKED = ("qs", "scales", "tiles")
 FLOAT_TYPES = ("F32", "F16", "BF16")  # stored types (safetensors and GGUF spell them alike) that are not blocks
 
@@ -71,6 +72,8 @@ def write_weights(ckpt: Checkpoint, named_params, mapping: TensorMap, scheme: st
                 if layer not in packed:
                     packed[layer] = _pack_matrix(ckpt, layer, sources, scheme, written)
                 array = packed[layer][leaf]
+            elif name in mapping.unit_offset:
+                array = _read(ckpt, sources, np.float32) + np.float32(1)
             else:
                 array = _read(ckpt, sources, None)
         tensors[name] = np.ascontiguousarray(array, dtype=param.dtype)

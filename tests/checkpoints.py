@@ -51,6 +51,7 @@ FAMILIES = {
     "qwen3": (transformers.Qwen3Config, transformers.Qwen3ForCausalLM),
     "mistral": (transformers.MistralConfig, transformers.MistralForCausalLM),
     "phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM),
+    "gemma3": (transformers.Gemma3TextConfig, transformers.Gemma3ForCausalLM),
 }
 
 # Phi-3 (fused qkv and gate/up tensors) and a Phi-4-mini in miniature: partial rotary (0.75 of
@@ -62,6 +63,7 @@ PHI3_VARIANTS = {
                       rope_scaling={"rope_type": "longrope", "short_factor": [round(1.0 + 0.05 * i, 2) for i in range(12)],
                                     "long_factor": [1.5 + 0.75 * i for i in range(12)]}),
 }
+UNIT_OFFSET_NORMS = ("gemma3",)  # families whose norms scale by 1 + weight
 
 
 def make_checkpoint(folder: Path, family: str = "llama", *, hidden: int = 64, layers: int = 2, heads: int = 4,
@@ -82,7 +84,7 @@ def make_checkpoint(folder: Path, family: str = "llama", *, hidden: int = 64, la
         for name, param in model.named_parameters():
             # larger than the default init so that logits are not flat and argmax is stable
             param.normal_(0.0, 0.08 if param.dim() > 1 else 0.3)
-            if "norm" in name:
+            if "norm" in name and family not in UNIT_OFFSET_NORMS:
                 param.add_(1.0)
     model.to(getattr(torch, dtype)).save_pretrained(folder)
     make_tokenizer(folder, vocab, chat_template)

@@ -39,7 +39,7 @@ def append_kernel(layout, serial_appends: int = SERIAL_APPENDS):
     and values are heads [heads, heads + kv_heads) and [heads + kv_heads, heads + 2 kv_heads)
     of the fused q/k/v projection's output [n, heads + 2 kv_heads, head_dim]."""
     s = layout.spec
-    layers, kv_heads, dim, half = s.num_layers, s.num_kv_heads, s.head_dim, s.rotary_dim // 2
+    layers, kv_heads, dim, half = layout.layer_count, s.num_kv_heads, s.head_dim, s.rotary_dim // 2
     heads, magnitude = s.num_heads, rope_settings.magnitude(s)
     key, value = heads, heads + kv_heads  # the first key head and value head in qkv
     dtype, storage, packed = layout.dtype, layout.storage_dtype, layout.packed_dim
@@ -98,11 +98,11 @@ def attention_kernel(layout, serial_visits: int = SERIAL_VISITS):
     sum per chunk (per position, two scalar exps cost more than the dot products).
     """
     s = layout.spec
-    layers, heads, kv_heads = s.num_layers, s.num_heads, s.num_kv_heads
+    layers, heads, kv_heads = layout.layer_count, s.num_heads, s.num_kv_heads
     dim, half, group = s.head_dim, s.rotary_dim // 2, s.num_heads // s.num_kv_heads
     magnitude = rope_settings.magnitude(s)
     storage, packed = layout.storage_dtype, layout.packed_dim
-    scale = 1.0 / math.sqrt(dim)
+    scale = 1.0 / math.sqrt(s.query_pre_attn_scalar or dim)
     windowed, sinks, window = layout.windowed, layout.sinks, layout.window
     slot_of = _slot_of(layout)
     scale_shape = _scales_shape(layout)
@@ -110,7 +110,8 @@ def attention_kernel(layout, serial_visits: int = SERIAL_VISITS):
 
     @T.macro
     def rotate_query(dest, t, h, q, rope, r):
-        """Query (t, h) rotated by rope[r] (cos, sin) and scaled by 1 / sqrt(head_dim)."""
+        """Query (t, h) rotated by rope[r] (cos, sin) and scaled by 1 / sqrt(head_dim) (Gemma: of
+        query_pre_attn_scalar)."""
         for d in T.serial(half):
             dest[d] = (q[t, h, d] * rope[r, 0, d] - q[t, h, d + half] * rope[r, 1, d]) * T.float32(scale)
             dest[d + half] = (q[t, h, d + half] * rope[r, 0, d] + q[t, h, d] * rope[r, 1, d]) * T.float32(scale)

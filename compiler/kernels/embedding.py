@@ -16,10 +16,11 @@ def _min64(a, b):
 
 
 @cached_kernel
-def dense_lookup_kernel(vocab: int, width: int, dtype: str):
+def dense_lookup_kernel(vocab: int, width: int, dtype: str, scale: float | None = None):
     """(tokens [n] i32, tiles, out [n, width] f32): rows of a dense table in tiles
-    (packing.pack_dense: row t * width + k holds token 16t + lane's k)."""
+    (packing.pack_dense: row t * width + k holds token 16t + lane's k), times `scale` if given."""
     shape = dense_shape(vocab, width)
+    factor = 1.0 if scale is None else scale
 
     @T.prim_func(private=True, s_tir=True)
     def embed(var_tokens: T.handle, tiles: T.Buffer(shape, dtype), var_out: T.handle):
@@ -31,14 +32,18 @@ def dense_lookup_kernel(vocab: int, width: int, dtype: str):
             with T.sblock("embed"):
                 vt, vi = T.axis.remap("SS", [t, i])
                 token: T.let[T.int64] = T.Cast("int64", tokens[vt])
-                out[vt, vi] = T.Cast("float32", tiles[token // TILE * width + vi, token % TILE])
+                if scale is None:
+                    out[vt, vi] = T.Cast("float32", tiles[token // TILE * width + vi, token % TILE])
+                else:
+                    out[vt, vi] = T.Cast("float32", tiles[token // TILE * width + vi, token % TILE]) * T.float32(factor)
 
     return embed
 
 
 @cached_kernel
-def packed_lookup_kernel(scheme: str, vocab: int, width: int):
-    """(tokens [n] i32, qs, scales, out [n, width] f32): rows of a packed table."""
+def packed_lookup_kernel(scheme: str, vocab: int, width: int, scale: float | None = None):
+    """(tokens [n] i32, qs, scales, out [n, width] f32): rows of a packed table, times `scale` if given."""
+    factor = 1.0 if scale is None else scale
     layout = PackedLayout(scheme, vocab, width)
     (rows, qbytes), (scale_rows, nscales) = layout.shapes
     q4, per = scheme == "q4", layout.scale_blocks
@@ -65,11 +70,18 @@ def packed_lookup_kernel(scheme: str, vocab: int, width: int):
                 if q4:
                     byte: T.let[T.uint8] = qs[p, layout.byte_of(lane, w)]
                     nibble: T.let[T.uint8] = T.if_then_else(w < 16, byte & T.uint8(15), byte >> T.uint8(4))
-                    out[vt, vi] = T.Cast("float32", nibble) * T.Cast("float32", scales[s, lane]) \
-                        + T.Cast("float32", scales[s, TILE + lane])
-                else:
+                    if scale is None:
+                        out[vt, vi] = T.Cast("float32", nibble) * T.Cast("float32", scales[s, lane]) \
+                            + T.Cast("float32", scales[s, TILE + lane])
+                    else:
+                        out[vt, vi] = (T.Cast("float32", nibble) * T.Cast("float32", scales[s, lane])
+                                       + T.Cast("float32", scales[s, TILE + lane])) * T.float32(factor)
+                elif scale is None:
                     out[vt, vi] = (T.Cast("float32", qs[p, layout.byte_of(lane, w)]) - T.float32(128)) \
                         * T.Cast("float32", scales[s, lane])
+                else:
+                    out[vt, vi] = (T.Cast("float32", qs[p, layout.byte_of(lane, w)]) - T.float32(128)) \
+                        * T.Cast("float32", scales[s, lane]) * T.float32(factor)
 
     return embed
 

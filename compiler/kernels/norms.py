@@ -2,8 +2,10 @@
 
   rms_norm   y = x / rms(x) * w; with `residual`, s = x + delta is written out first (the new
              residual stream) and normalized
-  swiglu     y = silu(gate) * up from the fused gate/up output, with a vectorized exp
+  swiglu     y = act(gate) * up from the fused gate/up output, with a vectorized exp; act is
+             silu (SwiGLU) or the tanh GELU (Gemma's GeGLU)
   head_norm  Qwen3's RMSNorm of each query and key head of the fused q/k/v output
+  softcap    y = cap * tanh(x / cap) (Gemma's final logits)
 
 rms_norm and swiglu write what the next matmul reads: f32 rows for the dense formats, or the
 int8 blocks of packed.quantize_block (xq, xd, xs) for the packed ones, so no separate quantize
@@ -13,6 +15,8 @@ for itself has every token accepted).
 """
 
 from __future__ import annotations
+
+import math
 
 from tvm.script import tirx as T
 
@@ -55,14 +59,22 @@ def _add_rows(out, x, delta, row, width):
         out[row, d] = x[row, d] + delta[row, d]
 
 
+# tanh(u) = 1 - 2 / (1 + exp(2u)), so the tanh GELU 0.5 g (1 + tanh(u)) is g / (1 + exp(-2u)),
+# u = sqrt(2 / pi) (g + 0.044715 g^3): the form of silu, g / (1 + exp(-g)), with another exponent.
+_GELU_C1 = -2.0 * math.sqrt(2.0 / math.pi)
+_GELU_C3 = _GELU_C1 * 0.044715
+GATE_EXPONENTS = {"silu": lambda g: T.float32(0) - g,
+                  "gelu_tanh": lambda g: g * (T.float32(_GELU_C1) + T.float32(_GELU_C3) * g * g)}
+
+
 @T.macro
-def _swiglu_row(dest, dest_row, gate_up, row, width):
-    """gate: gate_up[row, 0:width], up: gate_up[row, width:2 width]."""
+def _swiglu_row(dest, dest_row, gate_up, row, width, exponent):
+    """gate: gate_up[row, 0:width], up: gate_up[row, width:2 width]; act(g) = g / (1 + exp(exponent(g)))."""
     for c in T.serial(width // VEC):
-        dest[dest_row, _vec(c)] = gate_up[row, _vec(c)] / (splat(1.0) + vector_exp(T.float32(0) - gate_up[row, _vec(c)])) \
+        dest[dest_row, _vec(c)] = gate_up[row, _vec(c)] / (splat(1.0) + vector_exp(exponent(gate_up[row, _vec(c)]))) \
             * gate_up[row, T.ramp(width + c * VEC, 1, VEC)]
     for d in T.serial(width // VEC * VEC, width):
-        dest[dest_row, d] = gate_up[row, d] / (T.float32(1) + T.exp(T.float32(0) - gate_up[row, d])) \
+        dest[dest_row, d] = gate_up[row, d] / (T.float32(1) + T.exp(exponent(gate_up[row, d]))) \
             * gate_up[row, width + d]
 
 
@@ -175,16 +187,18 @@ def rms_norm_kernel(width: int, eps: float, residual: bool, quantized: bool):
 
 
 @cached_kernel
-def swiglu_kernel(width: int, quantized: bool):
-    """gate_up [n, 2 width] (gate, then up) -> y = silu(gate) * up, or its int8 blocks (xq, xd, xs)."""
+def swiglu_kernel(width: int, quantized: bool, activation: str = "silu"):
+    """gate_up [n, 2 width] (gate, then up) -> y = act(gate) * up, or its int8 blocks (xq, xd, xs);
+    act: silu or gelu_tanh (GATE_EXPONENTS)."""
     blocks = width // BLOCK
+    exponent = GATE_EXPONENTS[activation]
 
     @T.macro
     def swiglu_row(row, _rows, gate_up, y):
         with T.sblock("swiglu"):
             T.reads(gate_up[row, 0:2 * width])
             T.writes(y[row, 0:width])
-            _swiglu_row(y, row, gate_up, row, width)
+            _swiglu_row(y, row, gate_up, row, width, exponent)
 
     @T.macro
     def swiglu_quantize_row(row, _rows, gate_up, xq, xd, xs):
@@ -193,7 +207,7 @@ def swiglu_kernel(width: int, quantized: bool):
             T.writes(xq[row, 0:width // 4], xd[row, 0:blocks], xs[row, 0:blocks])
             product = T.sblock_alloc_buffer((1, width), "float32")
             q = T.sblock_alloc_buffer((BLOCK,), "int32")
-            _swiglu_row(product, 0, gate_up, row, width)
+            _swiglu_row(product, 0, gate_up, row, width, exponent)
             _quantize_local(product, xq, xd, xs, q, row, width)
 
     if not quantized:
@@ -249,3 +263,28 @@ def head_norm_kernel(heads: int, kv_heads: int, dim: int, eps: float):
         y = T.match_buffer(var_y, (rows, dim), "float32")
         serial_or_parallel(rows * dim < SERIAL_ELEMENTS, rows, rows, head_row, (x, q_weight, k_weight, y))
     return head_norm
+
+
+@cached_kernel
+def softcap_kernel(width: int, cap: float):
+    """x [n, width] -> cap * tanh(x / cap), tanh(z) = 1 - 2 / (1 + exp(2z)) with a vectorized exp."""
+    @T.macro
+    def softcap_row(row, _rows, x, y):
+        with T.sblock("softcap"):
+            T.reads(x[row, 0:width])
+            T.writes(y[row, 0:width])
+            for c in T.serial(width // VEC):
+                y[row, _vec(c)] = splat(cap) - splat(2.0 * cap) / (
+                    splat(1.0) + vector_exp(x[row, _vec(c)] * splat(2.0 / cap)))
+            for d in T.serial(width // VEC * VEC, width):
+                y[row, d] = T.float32(cap) - T.float32(2.0 * cap) / (
+                    T.float32(1) + T.exp(x[row, d] * T.float32(2.0 / cap)))
+
+    @T.prim_func(private=True, s_tir=True)
+    def softcap(var_x: T.handle, var_y: T.handle):
+        T.func_attr(HAND_WRITTEN)
+        n = T.int64()
+        x = T.match_buffer(var_x, (n, width), "float32")
+        y = T.match_buffer(var_y, (n, width), "float32")
+        serial_or_parallel(n * width < SERIAL_ELEMENTS, n, n, softcap_row, (x, y))
+    return softcap

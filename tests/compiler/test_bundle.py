@@ -59,7 +59,8 @@ def test_tensor_map_covers_every_parameter(checkpoints, scheme, leaves):
         model = CausalLM(spec, KVLayout(spec, "f32", 64), WeightFormat(scheme, tvm_target=tvm_target))
         mapping = tensor_map(spec)
         mapped = {f"{layer}.{leaf}" for layer in mapping.matrices for leaf in leaves} | set(mapping.vectors)
-        assert {name for name, _ in model.named_parameters()} == mapped | {"rope_inv_freq"}
+        derived = {"rope_inv_freq", "rope_local_inv_freq"} if spec.rope_local_theta else {"rope_inv_freq"}
+        assert {name for name, _ in model.named_parameters()} == mapped | derived
 
 
 def test_inspect_prints_summary_and_json(pair):
