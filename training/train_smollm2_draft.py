@@ -253,7 +253,7 @@ def choose_head(train: list[dict], plain: torch.Tensor, size: int) -> list[int]:
     return order[:size]
 
 
-def coverage(records: list[dict], head: list[int], sizes=(1024, 2048, 4096, 6144, 8192)) -> dict:
+def coverage(records: list[dict], head: list[int], sizes=(1024, 2048, 4096, 8192, 12288, 16384, 24576)) -> dict:
     tokens = torch.tensor([t for r in records for t in r["answer_ids"]])
     result = {}
     for n in sizes:
@@ -330,9 +330,11 @@ def train(args) -> None:
     records = read_jsonl(args.data / "train.jsonl")
     heldout = read_jsonl(args.data / "heldout.jsonl")
     plain = plain_stream(tok, args.plain_chars)
-    head = choose_head(records, plain, args.head)
+    ranking = choose_head(records, plain, 49152)
+    head = ranking[:args.head]
+    covered = coverage(heldout, ranking)  # the share of held-out answer tokens a head of each size holds
     log(f"{len(records)} train answers ({sum(len(r['answer_ids']) for r in records)} tokens), head {len(head)}, "
-        f"held-out coverage {coverage(heldout, head)}")
+        f"held-out coverage {covered}")
     model = make_draft(target_embedding(args.gguf), **shape(args.draft_shape), seed=args.seed)
     pre = {}
     if args.state.exists():
@@ -351,6 +353,14 @@ def train(args) -> None:
     windows = (len(plain) - 1) // args.seq
     start, seen, skipped, step, history = time.time(), 0, 0, 0, []
     budget = seconds_until(args.until)  # the schedule runs on the clock: a shared CPU's speed is unknown
+
+    def save() -> None:  # a run cut off at any point leaves the last saved model usable
+        extra = {"heldout_coverage_by_head_size": covered, "pretrain": pre, "train": {
+            "steps": step, "trained_positions": seen, "skipped_outside_head": skipped,
+            "seconds": round(time.time() - start, 1), "history": history, "train_answers": len(records),
+            "train_answer_tokens": sum(len(r["answer_ids"]) for r in records), "plain_tokens": len(plain)}}
+        save_draft(model, head_linear, head, tok, args.out / "model", extra)
+
     model.train()
     while not past(args.until) and step < args.train_steps:
         for group in opt.param_groups:
@@ -376,12 +386,9 @@ def train(args) -> None:
                             "seconds": round(time.time() - start, 1)})
             log(f"train step {step} loss {loss.item():.3f} positions {seen} skipped {skipped} "
                 f"{seen / (time.time() - start):.0f} pos/s")
-        if step % args.save_every == 0 or past(args.until) or step == args.train_steps:
-            extra = {"pretrain": pre, "train": {"steps": step, "planned_steps": args.train_steps,
-                                                "trained_positions": seen, "skipped_outside_head": skipped,
-                                                "seconds": round(time.time() - start, 1), "history": history,
-                                                "train_answers": len(records), "plain_tokens": len(plain)}}
-            save_draft(model, head_linear, head, tok, args.out / "model", extra)
+        if step % args.save_every == 0:
+            save()
+    save()
     log(f"train stopped after {step} steps")
 
 
