@@ -5,11 +5,11 @@ Steps (each a mode of this script, so that a long job can be cut and resumed):
   --generate  the target's own greedy answers to the instructions in smollm2_instructions.py (held-out
               ones first), in batches, appended to DATA/{heldout,train}.jsonl with the target's top-k
               logits at every answer position; stops starting new batches at --until.
-  --pretrain  the draft on plain text the project may use (the Python standard library's source and the
-              documentation shipped in installed packages), cross-entropy over the whole vocabulary.
   --train     the draft on the target's answers: cross-entropy on the answer tokens over the trimmed head
               (the --head most frequent tokens of the train answers) plus KL to the target's top-k
-              logits restricted to the head; writes the model folder.
+              logits restricted to the head, every --plain-every'th batch plain text the project may use
+              (the Python standard library's source and the documentation shipped in installed
+              packages); saves the model folder every --save-every steps and at the end.
   --eval      from the saved folder: head coverage, held-out perplexity on the target's answers and
               greedy acceptance for k = 1..8, into metrics.json.
 
@@ -28,7 +28,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 import transformers
 
 from smollm2_instructions import instructions, messages
@@ -197,44 +196,6 @@ def plain_texts(chars: int) -> list[str]:
     return texts
 
 
-def pretrain(args) -> None:
-    """Cross-entropy on plain text over the whole vocabulary; checkpoints to --state."""
-    tok = transformers.AutoTokenizer.from_pretrained(args.gguf.parent, gguf_file=args.gguf.name)
-    texts = plain_texts(args.plain_chars)
-    stream = []
-    for ids in tok(texts, add_special_tokens=False)["input_ids"]:
-        stream.extend(ids + [0])  # <|endoftext|> between documents
-    stream = torch.tensor(stream)
-    log(f"plain text: {len(texts)} documents, {len(stream)} tokens")
-    model = make_draft(target_embedding(args.gguf), **shape(args.draft_shape), seed=args.seed)
-    log(f"draft parameters: {sum(p.numel() for p in model.parameters())}")
-    opt = make_optimizer(model, args.pretrain_lr)
-    windows = (len(stream) - 1) // args.seq
-    order = torch.randperm(windows, generator=torch.Generator().manual_seed(args.seed))
-    start, seen, step = time.time(), 0, 0
-    model.train()
-    while not past(args.until) and step < args.pretrain_steps:
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, args.pretrain_steps, args.pretrain_lr, 50)
-        picks = order[(step * args.batch + torch.arange(args.batch)) % windows] * args.seq
-        rows = torch.stack([stream[s:s + args.seq + 1] for s in picks.tolist()])
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            logits = model(input_ids=rows[:, :-1]).logits.float()
-        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), rows[:, 1:].reshape(-1))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        step, seen = step + 1, seen + rows[:, :-1].numel()
-        if step % args.log_every == 0:
-            log(f"pretrain step {step} loss {loss.item():.3f} tokens {seen / 1e6:.2f}M "
-                f"{seen / (time.time() - start):.0f} tok/s")
-            torch.save({"model": model.state_dict(), "step": step, "tokens": seen,
-                        "seconds": round(time.time() - start, 1), "loss": round(loss.item(), 4),
-                        "plain_tokens": len(stream), "documents": len(texts)}, args.state)
-    log(f"pretrain stopped after {step} steps")
-
-
 # ---------------------------------------------------------------- the trimmed head
 
 def read_jsonl(path: Path) -> list[dict]:
@@ -336,11 +297,6 @@ def train(args) -> None:
     log(f"{len(records)} train answers ({sum(len(r['answer_ids']) for r in records)} tokens), head {len(head)}, "
         f"held-out coverage {covered}")
     model = make_draft(target_embedding(args.gguf), **shape(args.draft_shape), seed=args.seed)
-    pre = {}
-    if args.state.exists():
-        pre = torch.load(args.state)
-        model.load_state_dict(pre.pop("model"))
-        log(f"from pretraining: {pre}")
     position = torch.full((49152,), -1, dtype=torch.long)
     position[torch.tensor(head)] = torch.arange(len(head))
     head_linear = torch.nn.Linear(model.config.hidden_size, len(head), bias=False)
@@ -355,7 +311,7 @@ def train(args) -> None:
     budget = seconds_until(args.until)  # the schedule runs on the clock: a shared CPU's speed is unknown
 
     def save() -> None:  # a run cut off at any point leaves the last saved model usable
-        extra = {"heldout_coverage_by_head_size": covered, "pretrain": pre, "train": {
+        extra = {"heldout_coverage_by_head_size": covered, "train": {
             "steps": step, "trained_positions": seen, "skipped_outside_head": skipped,
             "seconds": round(time.time() - start, 1), "history": history, "train_answers": len(records),
             "train_answer_tokens": sum(len(r["answer_ids"]) for r in records), "plain_tokens": len(plain)}}
@@ -506,12 +462,8 @@ def parse_args(argv=None):
     p.add_argument("--topk", type=int, default=16, help="target logits kept per answer position")
     p.add_argument("--heldout-count", type=int, default=48)
     p.add_argument("--until", default="23:59", help="HH:MM UTC: start no generation batch or training step after it")
-    p.add_argument("--pretrain", action="store_true")
-    p.add_argument("--state", type=Path, default=Path("/tmp/draft/pretrain.pt"), help="pretraining checkpoint")
     p.add_argument("--draft-shape", default="256,4,4,2,768", help="hidden,layers,heads,kv_heads,intermediate")
     p.add_argument("--plain-chars", type=int, default=6_000_000)
-    p.add_argument("--pretrain-steps", type=int, default=4000)
-    p.add_argument("--pretrain-lr", type=float, default=2e-3)
     p.add_argument("--seq", type=int, default=256)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--log-every", type=int, default=25)
@@ -532,8 +484,6 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed)
     if args.generate:
         generate(args)
-    if args.pretrain:
-        pretrain(args)
     if args.train:
         train(args)
     if args.eval:
