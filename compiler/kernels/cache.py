@@ -173,9 +173,14 @@ def _canonical(value) -> str:
 
 
 @functools.cache
+# Compiler modules outside this package whose functions the builders call (attention: rope.magnitude).
+_USED_MODULES = (_PACKAGE.parent / "rope.py",)
+
+
 def _environment() -> str:
+    used = ", ".join(f"{path.name} {_file_digest(str(path))}" for path in _USED_MODULES)
     return (f"python {sys.version_info[0]}.{sys.version_info[1]}, tvm {tvm.__version__}, "
-            f"tvm-ffi {tvm_ffi.__version__}, kernels {sources_digest(_PACKAGE)}")
+            f"tvm-ffi {tvm_ffi.__version__}, kernels {sources_digest(_PACKAGE)}, {used}")
 
 
 def sources_digest(package: Path) -> str:
