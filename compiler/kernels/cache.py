@@ -172,11 +172,11 @@ def _canonical(value) -> str:
     raise TypeError(f"kernel builder argument of type {type(value).__name__} has no cache key")
 
 
-@functools.cache
 # Compiler modules outside this package whose functions the builders call (attention: rope.magnitude).
 _USED_MODULES = (_PACKAGE.parent / "rope.py",)
 
 
+@functools.cache
 def _environment() -> str:
     used = ", ".join(f"{path.name} {_file_digest(str(path))}" for path in _USED_MODULES)
     return (f"python {sys.version_info[0]}.{sys.version_info[1]}, tvm {tvm.__version__}, "
