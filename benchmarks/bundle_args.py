@@ -16,4 +16,5 @@ def parse_and_load(parser: argparse.ArgumentParser):
     from air.runtime import Bundle
 
     args = parser.parse_args()
-    return args, Bundle.load(args.bundle, threads=args.threads)
+    # The recipe's thread count, fixed: the thread governor's probes would blur the comparisons.
+    return args, Bundle.load(args.bundle, threads=args.threads, adaptive_threads=False)

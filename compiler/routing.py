@@ -244,7 +244,7 @@ def calibrate(bundle_path: Path, prompts: list[str], progress, transform_prompts
     """Acceptance of the draft (when the bundle has one) and of lookup per prompt class, and the step costs."""
     from air.runtime import Bundle
 
-    bundle = Bundle.load(bundle_path, verify=False)
+    bundle = Bundle.load(bundle_path, verify=False, adaptive_threads=False)  # costs at the recipe's threads
     measurements = {}
     if "draft" in bundle.manifest["models"]:
         progress.note(f"draft acceptance for k = 1..{MAX_K} on {len(prompts)} calibration prompts")

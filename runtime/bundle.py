@@ -73,10 +73,11 @@ class Bundle:
     @classmethod
     def load(cls, path: str | os.PathLike, threads: int | None = None, verify: bool = True,
              memory_budget_mb: float | None = None, trust: Trust | None = None,
-             rehash: bool = False) -> "Bundle":
+             rehash: bool = False, adaptive_threads: bool = True) -> "Bundle":
         """Signature (when trust is configured: `trust`, else the environment's) and every
         file's hash are checked here, before any library is loaded. `rehash`: hash every
-        file even if the verification cache remembers it."""
+        file even if the verification cache remembers it. threads None: the recipe's count,
+        shed to one while that is faster (runtime/threads.py) unless adaptive_threads is False."""
         root = Path(path)
         trust = trust if trust is not None else Trust.configure()
         if is_archive(root):
@@ -89,8 +90,8 @@ class Bundle:
             verify_files(root, manifest, cache.sha256)
             cache.save()
             checked.update(files_hashed=cache.hashed, files_remembered=cache.cached)
-        adaptive = threads is None
-        if adaptive:
+        adaptive = threads is None and adaptive_threads
+        if threads is None:
             threads = int(manifest.get("runtime", {}).get("threads", 0))
         bundle = cls(root, manifest, threads, memory_budget_mb, adaptive_threads=adaptive)
         bundle.verification = checked
