@@ -194,7 +194,7 @@ def test_other_formats_and_types_are_requantized(tmp_path):
         ckpt = load_checkpoint(write_gguf(source, tmp_path / f"{qtype}.gguf", qtype))
         written = WrittenWeights(0, [], [])
         names = ["model.layers.0.mlp.down_proj.weight"]
-        packed = _pack_matrix(ckpt, names, scheme, written)
+        packed = _pack_matrix(ckpt, "model.layers.0.mlp.down_proj", names, scheme, written)
         assert written.kept == [] and written.requantized == names
         np.testing.assert_array_equal(packed["qs"], packing.pack(ckpt.read(names[0]), scheme)["qs"])
 
@@ -271,7 +271,7 @@ BAD_FILES = {
     "unknown-tensor-type": "has unknown type 1000",
     "missing-metadata": "missing required GGUF metadata 'llama.block_count'",
     "metadata-type": "GGUF metadata 'llama.block_count' is 1.4",
-    "architecture": "unsupported GGUF architecture 'gemma' (supported: llama, qwen2, qwen3)",
+    "architecture": "unsupported GGUF architecture 'gemma' (supported: llama, qwen2, qwen3, phi3)",
 }
 
 
