@@ -188,19 +188,34 @@ def _decode_rates(measurements: dict, prompt_class: str) -> dict[str, float]:
     return rates
 
 
-def _allowed(candidate: str, tier: str, mem: str) -> bool:
+# The fast tier serves the draft alone while the target fits only if the draft picks the target's
+# greedy token at least this often (a weak draft's own text is not worth its speed).
+DRAFT_ALONE_AGREEMENT = 0.6
+
+
+def draft_agreement(measurements: dict) -> float:
+    """How often the draft's greedy token is the target's (accepted proposals per pass at k = 1)."""
+    acceptance = measurements.get("acceptance")
+    return acceptance["1"]["tokens_per_pass"] - 1.0 if acceptance else 0.0
+
+
+def _allowed(candidate: str, tier: str, mem: str, agreement: float) -> bool:
     if candidate.startswith("speculative"):
         return mem == "both"
     if candidate == "target" or candidate.startswith("lookup"):  # lookup is exact and needs no draft
         return mem in ("both", "target")
-    # draft alone: never for exact; for balanced only when the target does not fit
-    return mem != "none" and (tier == "fast" or (tier == "balanced" and mem == "draft"))
+    # draft alone: never for exact; when the target does not fit, for balanced and fast; else for
+    # fast only, and only a draft that agrees with the target often enough
+    if mem in ("none", "draft"):
+        return mem == "draft" and tier != "exact"
+    return tier == "fast" and agreement >= DRAFT_ALONE_AGREEMENT
 
 
 def build_table(measurements: dict, kv: str) -> dict:
     """The routing table: a pure function of the measurements (deterministic; their costs are StepCosts)."""
     rates = {prompt_class: _decode_rates(measurements, prompt_class) for prompt_class in PROMPT_CLASSES}
     costs = measurements["costs"]
+    agreement = draft_agreement(measurements)
     rows = {}
     for tier in TIERS:
         for prompt_bucket, prompt_tokens in _PROMPT_REPRESENTATIVE.items():
@@ -209,17 +224,17 @@ def build_table(measurements: dict, kv: str) -> dict:
                     key = f"{tier}|prompt{prompt_bucket}|gen{gen_bucket}|mem:{mem}"
                     assert key == row_key(tier, prompt_tokens, gen_tokens, mem)
                     rows[key] = _choose(rates[_BUCKET_CLASS[prompt_bucket]], costs, tier, mem, prompt_tokens,
-                                        gen_tokens, kv, _BUCKET_CLASS[prompt_bucket])
+                                        gen_tokens, kv, _BUCKET_CLASS[prompt_bucket], agreement)
     plain = {c: round(r, 3) for c, r in rates["open"].items() if not c.startswith("lookup")}
     lookups = {cls: {c: round(r, 3) for c, r in by.items() if c.startswith("lookup")} for cls, by in rates.items()}
     return {"version": 1, "kv": kv, "decode_tokens_per_second": plain, "lookup_decode_tokens_per_second": lookups,
             "measurements": {**measurements, "costs": costs.to_dict()}, "rows": rows}
 
 
-def _choose(rates, costs, tier, mem, prompt_tokens, gen_tokens, kv, prompt_class) -> dict:
+def _choose(rates, costs, tier, mem, prompt_tokens, gen_tokens, kv, prompt_class, agreement) -> dict:
     expected = {}
     for candidate, rate in rates.items():
-        if not _allowed(candidate, tier, mem):
+        if not _allowed(candidate, tier, mem, agreement):
             continue
         prefill = prompt_tokens * costs.of("draft" if candidate == "draft" else "target").prefill_per_token
         if candidate.startswith("speculative"):

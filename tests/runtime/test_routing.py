@@ -35,6 +35,15 @@ def test_table_is_deterministic_and_follows_the_measurements():
     assert never["rows"]["exact|prompt<=64|gen>256|mem:both"]["path"] == "target"
 
 
+def test_the_fast_tier_serves_a_weak_draft_alone_only_when_the_target_does_not_fit():
+    """Draft alone costs 0.01 of a target step: the fastest path whatever its quality."""
+    for agreement, alone in ((0.8, True), (0.4, False)):
+        rows = build_table(fake_measurements(agreement, draft_cost=0.01), "f32")["rows"]
+        assert (rows["fast|prompt<=64|gen<=256|mem:both"]["path"] == "draft") == alone, agreement
+        assert rows["fast|prompt<=64|gen<=256|mem:draft"]["path"] == "draft"  # nothing else fits
+        assert rows["exact|prompt<=64|gen<=256|mem:both"]["path"] != "draft"
+
+
 def lookup_measurements(verify_cost: float) -> dict:
     """No draft; lookup replayed over a continuation that copies its prompt ("transform") and
     one that never repeats ("open"); verify passes cost verify_cost decodes."""
