@@ -66,10 +66,10 @@ class ThreadGovernor:
         return self._other() if self.probing else self.chosen
 
     def start(self, now: float) -> None:
-        """A generation starts: a window never spans two (the time between them is not decoding)."""
-        if self.probing:
-            self.probing = False
-            _resize(self.chosen)
+        """A generation starts on the chosen count (another bundle in this process may have resized
+        the pool since); a window never spans two generations (the time between is not decoding)."""
+        self.probing = False
+        _resize(self.chosen)
         self._reset_window(now)
 
     def round_done(self, tokens: int, now: float) -> None:
