@@ -106,11 +106,10 @@ def target_continuation(target, prompt_ids: list[int], tokens: int) -> list[int]
     return truth
 
 
-def draft_run_lengths(bundle, prompt_ids: list[int], tokens: int) -> list[int]:
-    """For each position of the target's greedy continuation, how many tokens (up to MAX_K)
-    the draft's own greedy continuation from there gets right."""
-    draft = bundle.draft
-    truth = target_continuation(bundle.target, prompt_ids, tokens)
+def draft_run_lengths(bundle, prompt_ids: list[int], truth: list[int]) -> list[int]:
+    """For each position of the target's greedy continuation `truth`, how many tokens (up to
+    MAX_K) the draft's own greedy continuation from there gets right."""
+    draft, tokens = bundle.draft, len(truth)
     draft.reset(len(prompt_ids) + tokens + MAX_K + 1)
     logits = draft.prefill(prompt_ids)
     base = draft.length
@@ -154,20 +153,31 @@ def _calibration_ids(bundle, prompts: list[str], tokens: int):
         yield ids, min(tokens, limit - len(ids))
 
 
-def measure_acceptance(bundle, prompts: list[str], tokens: int = 48) -> dict:
-    runs = []
+def _continued(bundle, prompts: list[str], tokens: int, seen: dict) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, the target's greedy continuation) per prompt; `seen` keeps the continuations
+    one calibration has computed, so the draft's and lookup's measurements share them."""
+    pairs = []
     for ids, count in _calibration_ids(bundle, prompts, tokens):
-        runs += draft_run_lengths(bundle, ids, count)
+        key = (tuple(ids), count)
+        if key not in seen:
+            seen[key] = target_continuation(bundle.target, ids, count)
+        pairs.append((ids, seen[key]))
+    return pairs
+
+
+def measure_acceptance(bundle, prompts: list[str], tokens: int = 48, seen: dict | None = None) -> dict:
+    runs = []
+    for ids, truth in _continued(bundle, prompts, tokens, {} if seen is None else seen):
+        runs += draft_run_lengths(bundle, ids, truth)
     return acceptance_by_k(runs)
 
 
-def measure_lookup(bundle, prompts_by_class: dict[str, list[str]], tokens: int = 48) -> dict:
+def measure_lookup(bundle, prompts_by_class: dict[str, list[str]], tokens: int = 48, seen: dict | None = None) -> dict:
     """Per prompt class and k, the replayed lookup loop's rounds (lookup_replay.summarise)."""
-    result = {}
+    result, seen = {}, {} if seen is None else seen
     for prompt_class, prompts in prompts_by_class.items():
         rounds = {k: [] for k in range(1, MAX_K + 1)}
-        for ids, count in _calibration_ids(bundle, prompts, tokens):
-            truth = target_continuation(bundle.target, ids, count)
+        for ids, truth in _continued(bundle, prompts, tokens, seen):
             for k in rounds:
                 rounds[k] += lookup_replay.replay(ids, truth, k)
         result[prompt_class] = {str(k): lookup_replay.summarise(r) for k, r in rounds.items()}
@@ -260,15 +270,16 @@ def calibrate(bundle_path: Path, prompts: list[str], progress, transform_prompts
     from air.runtime import Bundle
 
     bundle = Bundle.load(bundle_path, verify=False, adaptive_threads=False)  # costs at the recipe's threads
-    measurements = {}
+    measurements, continuations = {}, {}
     if "draft" in bundle.manifest["models"]:
         progress.note(f"draft acceptance for k = 1..{MAX_K} on {len(prompts)} calibration prompts")
-        measurements["acceptance"] = measure_acceptance(bundle, prompts)
+        measurements["acceptance"] = measure_acceptance(bundle, prompts, seen=continuations)
         measurements["acceptance_source"] = f"measured: {len(prompts)} prompts, greedy, on the compiled models"
     by_class = {"open": prompts, "transform": list(transform_prompts)}
     progress.note(f"lookup acceptance for k = 1..{MAX_K} on {len(prompts)} open and {len(transform_prompts)} "
                   "transformation prompts")
-    measurements["lookup_acceptance"] = measure_lookup(bundle, {c: p for c, p in by_class.items() if p})
+    measurements["lookup_acceptance"] = measure_lookup(bundle, {c: p for c, p in by_class.items() if p},
+                                                       seen=continuations)
     measurements["lookup_source"] = "replayed: the greedy lookup loop over the target's continuations"
     progress.note("per-step costs of draft decode, target decode and target verify on this machine")
     measurements["costs"] = measure_costs(bundle)

@@ -6,7 +6,7 @@ import re
 import pytest
 
 from air.compiler import lookup_replay
-from air.compiler.routing import MAX_K, acceptance_by_k, build_table, draft_run_lengths
+from air.compiler.routing import MAX_K, acceptance_by_k, build_table, draft_run_lengths, target_continuation
 from air.runtime import Bundle
 from helpers import air_run
 from air.runtime.routing import TIERS, ModelCosts, StepCosts
@@ -87,7 +87,7 @@ def test_replayed_acceptance_matches_the_runtime_loop(pair):
     bundle = Bundle.load(pair["bundle"])
     bundle.eos_token_ids = set()
     prompt = bundle.encode("def read_config(path):")
-    replay = acceptance_by_k(draft_run_lengths(bundle, prompt, 40))
+    replay = acceptance_by_k(draft_run_lengths(bundle, prompt, target_continuation(bundle.target, prompt, 40)))
     for k in (1, 3, 8):
         stats = bundle.generate(prompt_ids=prompt, max_tokens=40, speculate=k).stats
         assert replay[str(k)]["tokens_per_pass"] == pytest.approx(40 / stats["target_passes"], abs=1e-3)
