@@ -3,8 +3,11 @@ and 4 concurrent streaming clients, the same request through air-run's Python AP
 second turn's time to first token with and without the first turn's cache reused.
 
     python benchmarks/serve.py BUNDLE [--tokens 64] [--requests 4] [--history 1000] [--speculate K]
+                               [--llama-cpp LLAMA_DIR --gguf MODEL.gguf [--llama-slots 1]]
 
-Starts `air-run serve` on a free loopback port and drives it with the openai client. Requests
+Starts `air-run serve` on a free loopback port and drives it with the openai client; with
+--llama-cpp, llama.cpp's llama-server (benchmarks/build_llama_cpp.sh) on the GGUF gets the same
+client load and second turn, side by side (its prompt cache on, --llama-slots slots). Requests
 generate exactly --tokens tokens (ignore_eos). Medians; concurrency shows the queue (one
 generation at a time per bundle): a waiting request's time to first token includes its wait.
 "Without reuse" sends an unrelated request between the turns, so the second turn prefills the
@@ -18,6 +21,7 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import openai
@@ -28,12 +32,26 @@ TEXT = ("def read_config(path):\n    with open(path) as f:\n        return f.rea
         "class Stack:\n    def __init__(self):\n        self.items = []\n")
 
 
-def start_server(bundle: str, threads: int | None):
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    command = [sys.executable, "-m", "air.runtime", "serve", bundle, "--port", str(port), "--queue", "16"]
-    process = subprocess.Popen(command + (["--threads", str(threads)] if threads is not None else []))
+        return s.getsockname()[1]
+
+
+def air_server(args, port: int) -> list[str]:
+    command = [sys.executable, "-m", "air.runtime", "serve", args.bundle, "--port", str(port), "--queue", "16"]
+    return command + (["--threads", str(args.threads)] if args.threads is not None else [])
+
+
+def llama_server(args, port: int) -> list[str]:
+    context = Bundle.load(args.bundle, adaptive_threads=False).max_context
+    return [str(Path(args.llama_cpp) / "build/bin/llama-server"), "-m", args.gguf, "--port", str(port),
+            "-t", str(args.threads or 2), "-c", str(context), "-np", str(args.llama_slots), "--no-webui"]
+
+
+def start_server(command: list[str]):
+    port = int(command[command.index("--port") + 1])
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     for _ in range(600):
         try:
@@ -64,9 +82,11 @@ def streamed(api, model, tokens, speculate, prompt=None, messages=None) -> dict:
         text.append(content or "")
         air = (chunk.model_extra or {}).get("air", air)
     ended = time.perf_counter()
-    generated = air["stats"]["generated_tokens"]
-    return {"ttft": first - started, "decode": (generated - 1) / (ended - first) if generated > 1 else None,
-            "server_decode": air["stats"]["decode_tokens_per_second"], "text": "".join(text)}
+    # llama-server streams one token per chunk and reports no air stats (ignore_eos: all tokens come)
+    generated = air["stats"]["generated_tokens"] if air else tokens
+    decode = (generated - 1) / (ended - first) if generated > 1 else None
+    return {"ttft": first - started, "decode": decode,
+            "server_decode": air["stats"]["decode_tokens_per_second"] if air else decode, "text": "".join(text)}
 
 
 def load(api, model, clients, requests, tokens, speculate):
@@ -85,6 +105,7 @@ def report(label, runs, total=None):
     extra = f", all clients {total:.1f} tok/s" if total else ""
     print(f"{label:<28} first token {ttft * 1000:8.1f} ms   decode {decode:9.1f} tok/s "
           f"(server-side {server:9.1f}){extra}")
+    return decode
 
 
 def main():
@@ -95,18 +116,34 @@ def main():
     parser.add_argument("--history", type=int, default=1000, help="tokens of conversation before the second turn")
     parser.add_argument("--speculate", type=int, default=None, help="forced k (default: routed)")
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--llama-cpp", help="llama.cpp build folder (benchmarks/build_llama_cpp.sh)")
+    parser.add_argument("--gguf", help="the same model as a GGUF file, for llama-server")
+    parser.add_argument("--llama-slots", type=int, default=1, help="llama-server's parallel slots")
     args = parser.parse_args()
+    if bool(args.llama_cpp) != bool(args.gguf):
+        parser.error("--llama-cpp and --gguf go together")
 
-    process, base = start_server(args.bundle, args.threads)
+    served = drive("air-run serve", air_server(args, free_port()), args)
+    direct_decode = direct(args)
+    print(f"speculative speed behind the server: {served / direct_decode:.2f}x air-run's (1 client, decode tok/s)")
+    if args.llama_cpp:
+        peer = drive("llama-server", llama_server(args, free_port()), args)
+        print(f"air-run serve / llama-server decode, 1 client: {served / peer:.2f}x")
+
+
+def drive(name: str, command: list[str], args) -> float:
+    """The client loads and the second turn against one server; its 1-client decode tok/s."""
+    process, base = start_server(command)
     try:
         api = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=600)
         model = api.models.list().data[0].id
         streamed(api, model, 8, args.speculate, prompt=TEXT)  # warm up both models
+        decodes = {}
         for clients in (1, 4):
             runs, total = load(api, model, clients, args.requests, args.tokens, args.speculate)
-            report(f"{clients} client(s), server", runs, total)
-        direct(args)
+            decodes[clients] = report(f"{name}, {clients} client(s)", runs, total)
         second_turn(api, model, args)
+        return decodes[1]
     finally:
         process.terminate()
         process.wait()
@@ -121,7 +158,7 @@ def direct(args):
         stats = bundle.generate(prompt=f"{TEXT}# request {i}\n", max_tokens=args.tokens, speculate=args.speculate).stats
         runs.append({"ttft": stats["time_to_first_token_seconds"], "decode": stats["decode_tokens_per_second"],
                      "server_decode": stats["decode_tokens_per_second"]})
-    report("air-run (Python API)", runs)
+    return report("air-run (Python API)", runs)
 
 
 def second_turn(api, model, args):
