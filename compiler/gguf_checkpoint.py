@@ -25,7 +25,7 @@ from .spec import spec_from_config
 
 # GGUF general.architecture -> the Hugging Face architecture it is read as.
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-                 "phi3": "Phi3ForCausalLM"}
+                 "phi3": "Phi3ForCausalLM", "gemma3": "Gemma3ForCausalLM"}
 
 # GGUF tensor name (per block: the part after "blk.N.") -> Hugging Face name.
 _GLOBAL_NAMES = {"token_embd": "model.embed_tokens", "output_norm": "model.norm", "output": "lm_head"}
@@ -37,6 +37,9 @@ _BLOCK_NAMES = {
 }
 # phi3 stores Phi-3's fused projections: q/k/v in one tensor, and gate/up under ffn_up.
 _FUSED_BLOCK_NAMES = {**_BLOCK_NAMES, "attn_qkv": "self_attn.qkv_proj", "ffn_up": "mlp.gate_up_proj"}
+# gemma3 has norms after attention and the MLP, and its ffn_norm is the one before the MLP.
+_GEMMA3_BLOCK_NAMES = {**_BLOCK_NAMES, "ffn_norm": "pre_feedforward_layernorm",
+                       "post_attention_norm": "post_attention_layernorm", "post_ffw_norm": "post_feedforward_layernorm"}
 # phi3's longrope factors, read into the config rather than as tensors.
 _ROPE_FACTORS = {"rope_factors_short.weight": "short_factor", "rope_factors_long.weight": "long_factor"}
 
@@ -47,7 +50,9 @@ class GGUFTensors:
     llama.cpp's converter reorders the rows of a llama q/k projection within each head
     (for its interleaved RoPE); reading undoes that."""
 
-    def __init__(self, reader: gguf.GGUFReader, path: Path, fused: bool = False):
+    def __init__(self, reader: gguf.GGUFReader, path: Path, arch: str = "llama"):
+        fused = arch == "phi3"
+        block_names = _FUSED_BLOCK_NAMES if fused else _GEMMA3_BLOCK_NAMES if arch == "gemma3" else _BLOCK_NAMES
         if any(t.name == "rope_freqs.weight" for t in reader.tensors):
             raise AirError(f"{path}: GGUF rope scaling by a rope_freqs tensor is not supported yet")
         self.by_name = {}
@@ -57,11 +62,13 @@ class GGUFTensors:
                 values = gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type).reshape(-1)
                 self.rope_factors[_ROPE_FACTORS[tensor.name]] = [float(str(v)) for v in values.astype(np.float32)]
                 continue
-            name = _hf_name(tensor.name, _FUSED_BLOCK_NAMES if fused else _BLOCK_NAMES)
+            name = _hf_name(tensor.name, block_names)
             if name is None:
                 raise AirError(f"{path}: tensor '{tensor.name}' is not part of a supported decoder")
             self.by_name[name] = tensor
         self.unpermute: dict[str, int] = {}  # HF name -> heads whose rows are reordered
+        # llama.cpp's gemma3 converter stores norm weights with Gemma's 1 + w folded in; read undoes it
+        self.norm_offset = 1.0 if arch == "gemma3" else 0.0
 
     def has(self, name: str) -> bool:
         return name in self.by_name
@@ -72,6 +79,8 @@ class GGUFTensors:
     def read(self, name: str) -> np.ndarray:
         tensor = self.by_name[name]
         array = gguf.quants.dequantize(np.asarray(tensor.data), tensor.tensor_type).reshape(self.shape(name))
+        if self.norm_offset and name.endswith("norm.weight"):
+            array = array - np.float32(self.norm_offset)
         heads = self.unpermute.get(name)
         return array if heads is None else _unpermute_rows(array, heads)
 
@@ -124,7 +133,7 @@ def _config(meta: dict, tensors: GGUFTensors, path: Path) -> dict:
     if f"{arch}.expert_count" in meta:
         raise AirError(f"{path}: mixture-of-experts GGUF models are not supported")
     scaling = meta.get(f"{arch}.rope.scaling.type", "none")
-    if scaling != "none":
+    if scaling != "none" and not (arch == "gemma3" and scaling == "linear"):
         raise AirError(f"{path}: GGUF rope scaling ('{scaling}') is not supported yet")
     heads = _positive(meta, f"{arch}.attention.head_count", path)
     hidden = _positive(meta, f"{arch}.embedding_length", path)
@@ -159,6 +168,8 @@ def _config(meta: dict, tensors: GGUFTensors, path: Path) -> dict:
     }
     if arch == "phi3":
         config.update(_phi3_settings(meta, tensors, rotary_dim / head_dim, path))
+    if arch == "gemma3":
+        config.update(_gemma3_settings(meta, config, path))
     for key in ("bos_token_id", "eos_token_id"):
         if f"tokenizer.ggml.{key}" in meta:
             config[key] = token_id(meta, f"tokenizer.ggml.{key}", len(tokens), path)
@@ -173,6 +184,22 @@ def _phi3_settings(meta: dict, tensors: GGUFTensors, partial_rotary_factor: floa
     if tensors.rope_factors:
         settings["rope_scaling"] = {"rope_type": "longrope", **tensors.rope_factors, "original_max_position_embeddings":
                                     _positive(meta, "phi3.rope.scaling.original_context_length", path)}
+    return settings
+
+
+def _gemma3_settings(meta: dict, config: dict, path: Path) -> dict:
+    """What llama.cpp's gemma3 loader assumes rather than stores: a local rope base of 10000, one
+    global layer in six, and queries scaled by head_dim (27B, 62 layers: by hidden / heads)."""
+    layers = config["num_hidden_layers"]
+    scalar = config["hidden_size"] // config["num_attention_heads"] if layers == 62 else config["head_dim"]
+    settings = {"hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": scalar,
+                "rope_local_base_freq": 10000.0, "sliding_window": meta.get("gemma3.attention.sliding_window"),
+                "sliding_window_pattern": 6}
+    if "gemma3.final_logit_softcapping" in meta:
+        settings["final_logit_softcapping"] = _f32_decimal(meta, "gemma3.final_logit_softcapping", path)
+    if meta.get("gemma3.rope.scaling.type") == "linear":
+        settings["rope_scaling"] = {"rope_type": "linear",
+                                    "factor": _f32_decimal(meta, "gemma3.rope.scaling.factor", path)}
     return settings
 
 
@@ -202,7 +229,7 @@ def load_gguf_checkpoint(path: Path) -> Checkpoint:
     reader = open_gguf(path)
     meta = read_metadata(reader, path)
     check_tensor_data(reader, path)
-    tensors = GGUFTensors(reader, path, fused=meta.get("general.architecture") == "phi3")
+    tensors = GGUFTensors(reader, path, arch=meta.get("general.architecture"))
     config = _config(meta, tensors, path)
     arch = meta["general.architecture"]
     if arch == "llama":

@@ -11,7 +11,8 @@ import numpy as np
 from safetensors.numpy import load_file
 
 ARCH = {"LlamaForCausalLM": gguf.MODEL_ARCH.LLAMA, "Qwen2ForCausalLM": gguf.MODEL_ARCH.QWEN2,
-        "Qwen3ForCausalLM": gguf.MODEL_ARCH.QWEN3, "Phi3ForCausalLM": gguf.MODEL_ARCH.PHI3}
+        "Qwen3ForCausalLM": gguf.MODEL_ARCH.QWEN3, "Phi3ForCausalLM": gguf.MODEL_ARCH.PHI3,
+        "Gemma3ForCausalLM": gguf.MODEL_ARCH.GEMMA3}
 
 
 def permute(rows: np.ndarray, heads: int) -> np.ndarray:
@@ -43,7 +44,12 @@ def write_gguf(folder: Path, path: Path, qtype: str = "F32", pre: str = "default
         writer.add_rope_scaling_orig_ctx_len(rope["original_max_position_embeddings"])
         for kind in ("long", "short"):
             writer.add_tensor(f"rope_factors_{kind}.weight", np.array(rope[f"{kind}_factor"], dtype=np.float32))
-    writer.add_rope_freq_base(float(config.get("rope_theta") or config.get("rope_parameters", {})["rope_theta"]))
+    rope = rope.get("full_attention", rope)  # gemma3: the global layers' base (the local one is 10000)
+    writer.add_rope_freq_base(float(config.get("rope_theta") or rope["rope_theta"]))
+    if arch == "gemma3":
+        writer.add_sliding_window(config["sliding_window"])
+        if config.get("final_logit_softcapping"):
+            writer.add_final_logit_softcapping(config["final_logit_softcapping"])
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
     writer.add_vocab_size(config["vocab_size"])
     if vocab is None:
@@ -52,6 +58,8 @@ def write_gguf(folder: Path, path: Path, qtype: str = "F32", pre: str = "default
         _add_metadata(writer, vocab)
     for name, array in load_file(folder / "model.safetensors").items():
         array = array.astype(np.float32)
+        if arch == "gemma3" and name.endswith("norm.weight"):
+            array = array + 1.0  # llama.cpp's gemma3 converter folds Gemma's 1 + w into the stored norm
         if arch == "llama" and (".q_proj." in name or ".k_proj." in name):
             array = permute(array, heads if ".q_proj." in name else kv_heads)
         if array.ndim == 2 and qtype != "F32":

@@ -271,7 +271,7 @@ BAD_FILES = {
     "unknown-tensor-type": "has unknown type 1000",
     "missing-metadata": "missing required GGUF metadata 'llama.block_count'",
     "metadata-type": "GGUF metadata 'llama.block_count' is 1.4",
-    "architecture": "unsupported GGUF architecture 'gemma' (supported: llama, qwen2, qwen3, phi3)",
+    "architecture": "unsupported GGUF architecture 'gemma' (supported: llama, qwen2, qwen3, phi3, gemma3)",
 }
 
 
@@ -305,3 +305,29 @@ def test_hostile_gguf_is_refused_with_one_line(kind, compile_, valid_gguf, tmp_p
     assert len(lines) == 1 and lines[0].startswith(f"air-build: error: {bad}: "), stderr
     assert BAD_FILES[kind] in lines[0], lines[0]
     assert not (tmp_path / "out").exists() and [p.name for p in tmp_path.iterdir()] == [bad.name]
+
+
+def test_gemma3_gguf_compiles_to_transformers_logits_past_the_window(tmp_path):
+    """A gemma3 GGUF as llama.cpp writes it (norms stored as 1 + w, queries scaled by head_dim):
+    the bundle's logits are transformers' on the folder it came from, and greedy tokens run past the window."""
+    from checkpoints import load_reference
+
+    from air.compiler.build import compile_bundle
+    from air.compiler.recipe import load_recipe
+
+    folder = make_checkpoint(tmp_path / "gemma3", "gemma3", layers=6, head_dim=16, tied=True, sliding_window=8,
+                             query_pre_attn_scalar=16, final_logit_softcapping=8.0, seed=23)
+    path = write_gguf(folder, tmp_path / "gemma3.gguf")
+    ckpt = load_checkpoint(path)
+    assert ckpt.spec == load_checkpoint(folder).spec
+    recipe = load_recipe("host").with_overrides(max_context=64, quantization="f32", kv_cache="f32")
+    compile_bundle(str(path), None, recipe, tmp_path / "bundle", quiet=True)
+    model = Bundle.load(tmp_path / "bundle").target
+    ids = [int(x) for x in np.random.default_rng(3).integers(2, 300, size=30)]
+    with torch.no_grad():
+        expected = load_reference(folder)(torch.tensor([ids])).logits[0].numpy()
+    np.testing.assert_allclose(model.verify(ids), expected, atol=2e-4, rtol=0)
+    model.reset()
+    np.testing.assert_allclose(model.prefill(ids[:5]), expected[4], atol=2e-4, rtol=0)
+    for i in range(5, len(ids)):
+        np.testing.assert_allclose(model.decode(ids[i]), expected[i], atol=2e-4, rtol=0)
