@@ -21,7 +21,7 @@ from air.errors import AirError
 from .checkpoint import Checkpoint
 from .gguf_reader import check_tensor_data, open_gguf, read_metadata, require
 from .gguf_tokenizer import gguf_tokenizer, strings, token_id, tokenizer_settings
-from .spec import spec_from_config
+from .spec import FULL, SLIDING, spec_from_config
 
 # GGUF general.architecture -> the Hugging Face architecture it is read as.
 ARCHITECTURES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
@@ -188,13 +188,25 @@ def _phi3_settings(meta: dict, tensors: GGUFTensors, partial_rotary_factor: floa
 
 
 def _gemma3_settings(meta: dict, config: dict, path: Path) -> dict:
-    """What llama.cpp's gemma3 loader assumes rather than stores: a local rope base of 10000, one
-    global layer in six, and queries scaled by head_dim (27B, 62 layers: by hidden / heads)."""
+    """Gemma 3's settings as llama.cpp's gemma3 loader reads them: the local rope base (10000 if
+    absent), the layer pattern (one global layer in six if absent; every layer global without a
+    sliding window), and queries scaled by head_dim (by hidden / heads for the 62-layer 27B)."""
     layers = config["num_hidden_layers"]
     scalar = config["hidden_size"] // config["num_attention_heads"] if layers == 62 else config["head_dim"]
+    window = meta.get("gemma3.attention.sliding_window")
     settings = {"hidden_activation": "gelu_pytorch_tanh", "query_pre_attn_scalar": scalar,
-                "rope_local_base_freq": 10000.0, "sliding_window": meta.get("gemma3.attention.sliding_window"),
-                "sliding_window_pattern": 6}
+                "rope_local_base_freq": _f32_decimal(meta, "gemma3.rope.freq_base_swa", path, 10000.0),
+                "sliding_window": window}
+    pattern = meta.get("gemma3.attention.sliding_window_pattern", 6)
+    if not window:
+        settings["layer_types"] = [FULL] * layers
+    elif isinstance(pattern, (list, tuple)):  # one flag per layer: sliding or not
+        settings["layer_types"] = [SLIDING if flag else FULL for flag in pattern]
+    elif isinstance(pattern, int) and not isinstance(pattern, bool) and pattern > 0:
+        settings["sliding_window_pattern"] = pattern
+    else:
+        raise AirError(f"{path}: GGUF metadata 'gemma3.attention.sliding_window_pattern' is {pattern!r}, "
+                       "expected a positive integer or one flag per layer")
     if "gemma3.final_logit_softcapping" in meta:
         settings["final_logit_softcapping"] = _f32_decimal(meta, "gemma3.final_logit_softcapping", path)
     if meta.get("gemma3.rope.scaling.type") == "linear":
