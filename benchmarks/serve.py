@@ -49,8 +49,7 @@ def llama_server(args, port: int) -> list[str]:
             "-t", str(args.threads or 2), "-c", str(context), "-np", str(args.llama_slots), "--no-webui"]
 
 
-def start_server(command: list[str]):
-    port = int(command[command.index("--port") + 1])
+def start_server(command: list[str], port: int):
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
     for _ in range(600):
@@ -123,17 +122,18 @@ def main():
     if bool(args.llama_cpp) != bool(args.gguf):
         parser.error("--llama-cpp and --gguf go together")
 
-    served = drive("air-run serve", air_server(args, free_port()), args)
+    served = drive("air-run serve", air_server, args)
     direct_decode = direct(args)
     print(f"speculative speed behind the server: {served / direct_decode:.2f}x air-run's (1 client, decode tok/s)")
     if args.llama_cpp:
-        peer = drive("llama-server", llama_server(args, free_port()), args)
+        peer = drive("llama-server", llama_server, args)
         print(f"air-run serve / llama-server decode, 1 client: {served / peer:.2f}x")
 
 
-def drive(name: str, command: list[str], args) -> float:
+def drive(name: str, server_command, args) -> float:
     """The client loads and the second turn against one server; its 1-client decode tok/s."""
-    process, base = start_server(command)
+    port = free_port()
+    process, base = start_server(server_command(args, port), port)
     try:
         api = openai.OpenAI(base_url=f"{base}/v1", api_key="unused", max_retries=0, timeout=600)
         model = api.models.list().data[0].id
