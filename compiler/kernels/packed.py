@@ -96,8 +96,9 @@ def matmul_kernel(scheme: str, n: int, k: int, target: Target, path: str | None 
     if path not in DOT_PATHS:
         raise ValueError(f"unknown dot product path '{path}' (known: {', '.join(DOT_PATHS)})")
     q4 = scheme == "q4"
-    rows, signed, make_dot4 = DOT_PATHS[path]
-    dot4 = make_dot4(q4)
+    rows, signed, make_ops = DOT_PATHS[path]
+    ops = make_ops(q4)
+    sums = T.ramp(0, 1, ops.lanes)
     tiles, full_tiles, blocks = layout.tiles, layout.full_tiles, layout.blocks
     qbytes, nscales, per = layout.qbytes, layout.nscales, layout.scale_blocks
     (qs_rows, _), (sc_rows, _) = layout.shapes
@@ -119,7 +120,7 @@ def matmul_kernel(scheme: str, n: int, k: int, target: Target, path: str | None 
         point comes back through the activation block sum: + mn * xs for q4, - 128 * d * xs for
         q8 on unsigned paths."""
         d = T.Cast("float32x16", sc[p, lanes])
-        total = acc[r, lanes] + d * (T.Cast("float32x16", dot[r, lanes]) * T.Broadcast(xd[row, b], TILE))
+        total = acc[r, lanes] + d * (T.Cast("float32x16", ops.total(dot, r)) * T.Broadcast(xd[row, b], TILE))
         if q4:
             return total + T.Cast("float32x16", sc[p, T.ramp(TILE, 1, TILE)]) * T.Broadcast(xs[row, b], TILE)
         if signed:
@@ -142,27 +143,31 @@ def matmul_kernel(scheme: str, n: int, k: int, target: Target, path: str | None 
         # This tile's blocks of chunk c are contiguous in the packed arrays.
         first: T.let[T.int32] = layout.first_block(c, t, T.min)
         first_group: T.let[T.int32] = layout.first_group(c, t, T.min)
-        for i in T.serial(T.min(K_CHUNK, blocks - c * K_CHUNK)):
-            if ahead > 0 and (q4 or count > 1):
+        span: T.let[T.int32] = T.min(K_CHUNK, blocks - c * K_CHUNK)
+        for i in T.serial(span):
+            # The first group streams this tile from memory; the second, which finds it cached,
+            # hints the next tile, so that later groups' arithmetic overlaps its fetch.
+            if ahead > 0 and (q4 or count > 1) and row0 <= rows:
+                lead: T.let[T.int32] = T.if_then_else(row0 > 0, span, 0) + i + ahead
                 for line in T.unroll(qbytes // 64):
-                    prefetch(qs, first + i + ahead, line * 64)
-                prefetch(sc, first_group + (i + ahead) // per)
+                    prefetch(qs, first + lead, line * 64)
+                prefetch(sc, first_group + lead // per)
             for r in T.unroll(count):
-                dot[r, lanes] = T.Broadcast(T.int32(0), TILE)
+                dot[r, sums] = T.Broadcast(T.Cast(ops.dtype, 0), ops.lanes)
             # Each weight operand is unpacked once for all rows of the group.
             if q4:
                 for j in T.unroll(4):  # low nibbles pair with word j, high ones with word j + 4
                     w[T.ramp(0, 1, 64)] = qs[first + i, T.ramp(j * 64, 1, 64)] & T.Broadcast(T.uint8(15), 64)
                     for r in T.unroll(count):
-                        dot[r, lanes] = dot4(dot, w, r, xq, row0 + r, (c * K_CHUNK + i) * 8, j)
+                        dot[r, sums] = ops.add(dot, w, r, xq, row0 + r, (c * K_CHUNK + i) * 8, j)
                     w[T.ramp(0, 1, 64)] = qs[first + i, T.ramp(j * 64, 1, 64)] >> T.Broadcast(T.uint8(4), 64)
                     for r in T.unroll(count):
-                        dot[r, lanes] = dot4(dot, w, r, xq, row0 + r, (c * K_CHUNK + i) * 8, j + 4)
+                        dot[r, sums] = ops.add(dot, w, r, xq, row0 + r, (c * K_CHUNK + i) * 8, j + 4)
             else:
                 for j in T.unroll(8):
                     w[T.ramp(0, 1, 64)] = q8_operand(qs, first + i, j)
                     for r in T.unroll(count):
-                        dot[r, lanes] = dot4(dot, w, r, xq, row0 + r, (c * K_CHUNK + i) * 8, j)
+                        dot[r, sums] = ops.add(dot, w, r, xq, row0 + r, (c * K_CHUNK + i) * 8, j)
             for r in T.unroll(count):
                 acc[r, lanes] = scaled(acc, dot, sc, xd, xs, first_group + i // per, c * K_CHUNK + i, r, row0 + r)
         for r in T.unroll(count):
@@ -180,7 +185,7 @@ def matmul_kernel(scheme: str, n: int, k: int, target: Target, path: str | None 
             T.writes(y[0:m, 0:n])
             # Small local buffers accessed with constant indices: LLVM keeps them in registers.
             acc = T.sblock_alloc_buffer((rows, TILE), "float32")
-            dot = T.sblock_alloc_buffer((rows, TILE), "int32")
+            dot = T.sblock_alloc_buffer((rows, ops.lanes), ops.dtype)
             w = T.sblock_alloc_buffer((64,), "uint8")
             for c in T.serial(chunks):
                 for t in T.serial(task * tiles // ntasks, (task + 1) * tiles // ntasks):
