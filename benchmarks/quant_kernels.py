@@ -8,7 +8,8 @@ For each Qwen2.5-0.5B weight shape (N x K) and M activation rows: the time of on
 so load from other processes spreads over all of them), the weight bytes it reads per second,
 as a fraction of the DRAM roofline and of a plain read loop timed in the same rounds (what
 the memory gives right now, on a shared machine), and the verify cost time(M=5) / time(M=1).
-Threads: TVM_NUM_THREADS (default: all cores).
+Threads: TVM_NUM_THREADS (default: one per physical core, as air-run; TVM alone would take half
+the CPUs, one thread on a 2-core machine).
 
 Every timed call starts with the weights flushed from the caches (time_evaluator's
 cache_flush_cpu_non_first_arg), as in decoding, where each layer's weights come from DRAM;
@@ -26,6 +27,7 @@ import tvm
 from tvm.script import tirx as T
 
 import air.devices
+from air.runtime.threads import configure_threads
 from air.compiler.kernels import common, dense, packed, packing
 from air.compiler.kernels.isa import DOT_PATHS, dot_path
 
@@ -163,6 +165,7 @@ def main():
     parser.add_argument("--mcpu", help="compile for this LLVM CPU instead of the host's (it must run here)")
     args = parser.parse_args()
 
+    threads = configure_threads(0)
     host = dict(air.devices.host_device().tvm_target)
     if args.mcpu:
         host["mcpu"] = args.mcpu
@@ -170,7 +173,7 @@ def main():
     path = args.path or dot_path(target)
     schemes = args.schemes.split(",")
     rows = [int(m) for m in args.rows.split(",")]
-    print(f"target {target}, {path} kernels, "
+    print(f"target {target}, {path} kernels, {threads} threads, "
           f"roofline {ROOFLINE_GBS} GB/s, {args.rounds} rounds x {args.repeat} calls, cold weights")
     rng = np.random.default_rng(0)
     read = read_variant(target)

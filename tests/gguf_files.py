@@ -20,9 +20,12 @@ def permute(rows: np.ndarray, heads: int) -> np.ndarray:
     return rows.reshape(heads, 2, rows.shape[0] // heads // 2, *rows.shape[1:]).swapaxes(1, 2).reshape(rows.shape)
 
 
-def write_gguf(folder: Path, path: Path, qtype: str = "F32", pre: str = "default", vocab: dict | None = None) -> Path:
+def write_gguf(folder: Path, path: Path, qtype: str = "F32", pre: str = "default", vocab: dict | None = None,
+               metadata: dict | None = None) -> Path:
     """The checkpoint in `folder` as a GGUF at `path`; 2-D weights in `qtype` (F32, F16, Q8_0, Q4_1, ...);
-    the folder's byte-level BPE tokenizer, or the tokenizer metadata `vocab` (sentencepiece_vocab)."""
+    the folder's byte-level BPE tokenizer, or the tokenizer metadata `vocab` (sentencepiece_vocab);
+    `metadata`: more keys (_add_metadata), or None for a key the converter would write (left out)."""
+    metadata = dict(metadata or {})
     config = json.loads((folder / "config.json").read_text())
     model_arch = ARCH[config["architectures"][0]]
     arch = gguf.MODEL_ARCH_NAMES[model_arch]
@@ -47,10 +50,12 @@ def write_gguf(folder: Path, path: Path, qtype: str = "F32", pre: str = "default
     rope = rope.get("full_attention", rope)  # gemma3: the global layers' base (the local one is 10000)
     writer.add_rope_freq_base(float(config.get("rope_theta") or rope["rope_theta"]))
     if arch == "gemma3":
-        writer.add_sliding_window(config["sliding_window"])
+        if metadata.pop("gemma3.attention.sliding_window", config["sliding_window"]) is not None:
+            writer.add_sliding_window(config["sliding_window"])
         if config.get("final_logit_softcapping"):
             writer.add_final_logit_softcapping(config["final_logit_softcapping"])
     writer.add_layer_norm_rms_eps(config["rms_norm_eps"])
+    _add_metadata(writer, metadata)
     writer.add_vocab_size(config["vocab_size"])
     if vocab is None:
         _add_tokenizer(writer, folder, pre)
@@ -126,5 +131,7 @@ def _add_metadata(writer: gguf.GGUFWriter, values: dict) -> None:
             writer.add_bool(key, value)
         elif isinstance(value, int):
             writer.add_uint32(key, value)
+        elif isinstance(value, float):
+            writer.add_float32(key, value)
         else:
             writer.add_string(key, value)

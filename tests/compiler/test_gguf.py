@@ -331,3 +331,35 @@ def test_gemma3_gguf_compiles_to_transformers_logits_past_the_window(tmp_path):
     np.testing.assert_allclose(model.prefill(ids[:5]), expected[4], atol=2e-4, rtol=0)
     for i in range(5, len(ids)):
         np.testing.assert_allclose(model.decode(ids[i]), expected[i], atol=2e-4, rtol=0)
+
+
+GEMMA3_PATTERNS = {  # metadata llama.cpp's gemma3 loader reads -> (layer kinds, local rope base)
+    "defaults": ({}, "SSSSSF", 10000.0),
+    "count": ({"gemma3.attention.sliding_window_pattern": 3, "gemma3.rope.freq_base_swa": 5000.0}, "SSFSSF", 5000.0),
+    "flags": ({"gemma3.attention.sliding_window_pattern": [True, False, True, True, True, False]}, "SFSSSF", 10000.0),
+    "no window": ({"gemma3.attention.sliding_window": None}, "FFFFFF", 10000.0),
+}
+
+
+@pytest.mark.parametrize("case", list(GEMMA3_PATTERNS))
+def test_gemma3_gguf_layer_pattern_and_local_rope_base(case, tmp_path):
+    from air.compiler.spec import FULL, SLIDING
+
+    metadata, kinds, local_base = GEMMA3_PATTERNS[case]
+    folder = make_checkpoint(tmp_path / "gemma3", "gemma3", layers=6, head_dim=16, tied=True, sliding_window=8,
+                             query_pre_attn_scalar=16, seed=5)
+    spec = load_checkpoint(write_gguf(folder, tmp_path / "g.gguf", metadata=metadata)).spec
+    assert spec.layer_types == tuple({"S": SLIDING, "F": FULL}[k] for k in kinds)
+    assert spec.rope_local_theta == local_base
+
+
+@pytest.mark.parametrize("pattern", [0, "six"])
+def test_gemma3_gguf_with_a_bad_layer_pattern_is_refused(pattern, tmp_path):
+    folder = make_checkpoint(tmp_path / "gemma3", "gemma3", layers=6, head_dim=16, tied=True, sliding_window=8, seed=5)
+    path = write_gguf(folder, tmp_path / "g.gguf", metadata={"gemma3.attention.sliding_window_pattern": pattern})
+    result = CliRunner().invoke(main, ["compile", "--target-model", str(path), "--recipe", "host",
+                                       "--output", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "sliding_window_pattern" in lines[0] and repr(pattern) in lines[0], result.output
+    assert not (tmp_path / "out").exists()
