@@ -363,3 +363,24 @@ def test_gemma3_gguf_with_a_bad_layer_pattern_is_refused(pattern, tmp_path):
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and "sliding_window_pattern" in lines[0] and repr(pattern) in lines[0], result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_phi4_mini_gguf_bundle_generates_the_folders_greedy_tokens(tmp_path):
+    """A Phi-4-mini (phi3: fused qkv and gate/up, longrope factors as tensors, partial rotary) GGUF: the bundle's greedy tokens are transformers' on the source folder, past
+    the longrope switch to the long factors (original context 32)."""
+    from checkpoints import load_reference
+
+    from air.compiler.build import compile_bundle
+    from air.compiler.recipe import load_recipe
+
+    folder = make_checkpoint(tmp_path / "phi4-mini", seed=11, **PHI3_VARIANTS["phi4-mini"])
+    path = write_gguf(folder, tmp_path / "phi4-mini.gguf")
+    recipe = load_recipe("host").with_overrides(max_context=64, quantization="f32", kv_cache="f32")
+    compile_bundle(str(path), None, recipe, tmp_path / "bundle", quiet=True)
+    bundle = Bundle.load(tmp_path / "bundle")
+    bundle.eos_token_ids = set()
+    prompt = [int(x) for x in np.random.default_rng(5).integers(3, 300, size=12)]
+    with torch.no_grad():
+        expected = load_reference(folder).generate(torch.tensor([prompt]), max_new_tokens=28, min_new_tokens=28,
+                                                   do_sample=False)[0, len(prompt):].tolist()
+    assert bundle.generate(prompt_ids=prompt, max_tokens=28, speculate=0).tokens == expected
