@@ -86,7 +86,7 @@ def _eos_token_ids(ckpt: Checkpoint) -> list[int]:
 def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, staging: Path, progress: Progress) -> dict:
     spec = ckpt.spec
     kv = KVLayout(spec, recipe.kv_cache, _context_length(ckpt, recipe, progress), recipe.kv_sinks, recipe.kv_window)
-    scheme = recipe.weight_format(role)
+    scheme, head_scheme = recipe.weight_format(role), recipe.head_format(role)
     folder = staging / role
     folder.mkdir()
     # The stage starts before the model is defined: parsing its kernels takes much of the time.
@@ -94,7 +94,8 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
                         f"hidden {spec.hidden_size}) for {device.tvm_target.get('mcpu', device.arch)}"):
         kernels_before = kernel_cache.counts()
         with progress.step(f"{role}: model definition"):
-            model = CausalLM(spec, kv, WeightFormat(scheme, tvm_target=json.dumps(device.tvm_target)))
+            tvm_target = json.dumps(device.tvm_target)
+            model = CausalLM(spec, kv, WeightFormat(scheme, tvm_target), WeightFormat(head_scheme, tvm_target))
             module, named_params = model.export_tvm(spec=model.export_spec())
         progress.note(kernel_cache.summary(kernels_before))
         with progress.step(f"{role}: Relax passes and LLVM code generation"):
@@ -103,13 +104,15 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
             executable.export_library(str(folder / "model.so"), **device.export_options())
     switch = rope.rope_switch(spec, kv.max_context)
     extra = {switch["long"]: rope.inverse_frequencies(spec, long=True)} if switch else None
-    with progress.stage(f"writing {role} weights ({scheme})"):
-        written = write_weights(ckpt, named_params, tensor_map(spec), scheme, folder / "weights.safetensors", extra)
+    with progress.stage(f"writing {role} weights ({scheme}, token table and head {head_scheme})"):
+        written = write_weights(ckpt, named_params, tensor_map(spec), (scheme, head_scheme),
+                                folder / "weights.safetensors", extra)
     blocks = {"source_blocks": {"kept": written.kept, "requantized": written.requantized}} \
         if written.kept or written.requantized else {}
     entry = {
         "architecture": spec.to_dict(),
         "quantization": scheme,
+        "head_quantization": head_scheme,
         "library": f"{role}/model.so",
         "weights": f"{role}/weights.safetensors",
         "params": [name for name, _ in named_params],

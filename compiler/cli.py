@@ -46,6 +46,9 @@ def main():
 @click.option("--quantization", type=click.Choice(FORMATS), help="Override the recipe's weight format.")
 @click.option("--draft-quantization", type=click.Choice(FORMATS),
               help="Weight format of the draft model [default: the recipe's draft_quantization, else --quantization].")
+@click.option("--head-quantization", type=click.Choice(FORMATS),
+              help="Weight format of the token table and LM head [default: the recipe's head_quantization, "
+                   "else q8 for a q4 target, else the model's own].")
 @click.option("--kv-cache", type=click.Choice(KV_DTYPES), help="Override the recipe's KV-cache storage dtype.")
 @click.option("--kv-window", type=click.IntRange(min=0), help="Keep only this many recent positions (0: all).")
 @click.option("--kv-sinks", type=click.IntRange(min=0), help="First positions always kept with a window.")
@@ -54,7 +57,7 @@ def main():
 @click.option("--archive", is_flag=True, help="Also write the bundle as one file, <output>.air, for copying.")
 @click.option("--sign", "sign_key", type=click.Path(), help="Sign the bundle with this private key (air-build keygen).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def compile(target_model, draft_model, recipe, output, max_context, quantization, draft_quantization, kv_cache,
+def compile(target_model, draft_model, recipe, output, max_context, quantization, draft_quantization, head_quantization, kv_cache,
             kv_window, kv_sinks, rpc, archive, sign_key, quiet):  # noqa: A001 - the command's name
     """Compile a target (and draft) model for a device recipe into a bundle."""
     from air.runtime.signing import load_private_key
@@ -65,7 +68,8 @@ def compile(target_model, draft_model, recipe, output, max_context, quantization
     signal.signal(signal.SIGINT, _interrupt)
     try:
         chosen = load_recipe(recipe).with_overrides(max_context=max_context, kv_cache=kv_cache, quantization=quantization,
-                                                    draft_quantization=draft_quantization, kv_window=kv_window,
+                                                    draft_quantization=draft_quantization,
+                                                    head_quantization=head_quantization, kv_window=kv_window,
                                                     kv_sinks=kv_sinks)
         destination = Path(output) if output else Path("dist") / _default_name(Path(target_model))
         key = load_private_key(Path(sign_key)) if sign_key else None  # a bad key stops before compiling
@@ -192,7 +196,8 @@ def _summary(root: Path, manifest: dict) -> str:
             f"{role}: {arch['architecture']}, {arch['num_layers']} layers, hidden {arch['hidden_size']}, "
             f"heads {arch['num_heads']}/{arch['num_kv_heads']} (q/kv), vocab {entry['vocab_size']}",
             f"  lm head: {_head_summary(entry)}",
-            f"  weights: {entry['quantization']}, {entry['weight_bytes'] / 1e6:.1f} MB",
+            f"  weights: {entry['quantization']} (token table and head {_head_format(entry)}), "
+            f"{entry['weight_bytes'] / 1e6:.1f} MB",
             f"  source: {_source_summary(manifest['provenance']['sources'].get(role, {}), entry)}",
             f"  kv cache: {kinds} {kv.dtype}, context {kv.max_context}, "
             f"{kv.bytes_per_token} bytes/token, {kv.max_bytes / 1e6:.1f} MB at full context",
@@ -217,6 +222,10 @@ def _head_summary(entry: dict) -> str:
             f"trimmed: {entry['head_tokens']})")
 
 
+def _head_format(entry: dict) -> str:
+    return entry.get("head_quantization", entry["quantization"])  # bundles before the key: one format
+
+
 def _source_summary(source: dict, entry: dict) -> str:
     path, quantization = source.get("path", "?"), entry["quantization"]
     if source.get("format") != "gguf":
@@ -226,7 +235,8 @@ def _source_summary(source: dict, entry: dict) -> str:
     blocks = entry.get("source_blocks", {"kept": [], "requantized": []})
     return (f"GGUF file {path} (sha256 {digest[:16]}..., tensors {types}; {len(blocks['kept'])} matrices "
             f"kept as stored (Q4_1 blocks are q4 blocks), {len(blocks['requantized'])} dequantized and "
-            f"re-quantized to {quantization}, float tensors stored as {quantization})")
+            f"re-quantized to {quantization} (the token table and head to {_head_format(entry)}), "
+            f"float tensors stored as {quantization})")
 
 
 def _routing_summary(root: Path, manifest: dict) -> list[str]:

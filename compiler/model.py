@@ -103,23 +103,24 @@ class DecoderLayer(nn.Module):
 
 
 class Backbone(nn.Module):
-    def __init__(self, spec: DecoderSpec, fmt: WeightFormat):
-        self.embed_tokens = Embedding(spec.vocab_size, spec.hidden_size, fmt, spec.embedding_scale)
+    def __init__(self, spec: DecoderSpec, fmt: WeightFormat, head_fmt: WeightFormat):
+        self.embed_tokens = Embedding(spec.vocab_size, spec.hidden_size, head_fmt, spec.embedding_scale)
         self.layers = nn.ModuleList([DecoderLayer(spec, fmt) for _ in range(spec.num_layers)])
-        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, fmt)
+        self.norm = RMSNorm(spec.hidden_size, spec.rms_norm_eps, head_fmt)  # feeds the LM head
 
 
 class CausalLM(nn.Module):
     """`kv`: the recipe's cache layout; its groups() say which cache tensors each layer uses
-    (one pair for most families; Gemma 3's sliding and full layers each have their own)."""
+    (one pair for most families; Gemma 3's sliding and full layers each have their own).
+    `head_fmt`: the token table's and LM head's format (default: the layers' `fmt`)."""
 
-    def __init__(self, spec: DecoderSpec, kv: KVLayout, fmt: WeightFormat):
+    def __init__(self, spec: DecoderSpec, kv: KVLayout, fmt: WeightFormat, head_fmt: WeightFormat | None = None):
         self.spec = spec
         self.kv = kv
         self.groups = kv.groups()
-        self.model = Backbone(spec, fmt)
+        self.model = Backbone(spec, fmt, head_fmt or fmt)
         if not spec.tie_word_embeddings:
-            self.lm_head = Linear(spec.hidden_size, spec.logit_rows, False, fmt)
+            self.lm_head = Linear(spec.hidden_size, spec.logit_rows, False, head_fmt or fmt)
         # Built by the compiler from the config (not checkpoint tensors).
         self.rope_inv_freq = nn.Parameter((spec.rotary_dim // 2,), "float32")
         if spec.rope_local_theta is not None:

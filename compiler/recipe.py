@@ -13,7 +13,7 @@ from air.runtime.contract import KV_DTYPES
 
 from .layers import FORMATS
 
-_KEYS = {"device", "quantization", "draft_quantization", "kv_cache", "threads", "memory_budget_mb", "calibration_prompts",
+_KEYS = {"device", "quantization", "draft_quantization", "head_quantization", "kv_cache", "threads", "memory_budget_mb", "calibration_prompts",
          "transform_prompts", "description"}
 _KV_KEYS = {"dtype", "max_context", "sinks", "window"}
 
@@ -24,6 +24,7 @@ class Recipe:
     device: str
     quantization: str
     draft_quantization: str | None  # None: the target's
+    head_quantization: str | None  # the token table and LM head; None: head_format's default
     kv_cache: str
     max_context: int
     kv_sinks: int
@@ -38,6 +39,16 @@ class Recipe:
         """The draft may be stored smaller than the target: its weights change only how many of
         its proposals are accepted, never the output, and its time is pure overhead."""
         return (self.draft_quantization or self.quantization) if role == "draft" else self.quantization
+
+    def head_format(self, role: str) -> str:
+        """The token table and LM head of a q4 target stay q8 by default: on SmolLM2's real
+        weights a q4 head alone cost about a quarter more perplexity (benchmarks/quality.py), for
+        a small share of the bytes a token reads. A q4 draft keeps its q4 head: its head is most
+        of its cost per step, and its precision never changes the output."""
+        if self.head_quantization:
+            return self.head_quantization
+        own = self.weight_format(role)
+        return "q8" if own == "q4" and role == "target" else own
 
     def with_overrides(self, **changes) -> "Recipe":
         return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
@@ -98,6 +109,8 @@ def load_recipe(name_or_path: str) -> Recipe:
         quantization=_choice(name, "quantization", data.get("quantization", "f32"), FORMATS),
         draft_quantization=(_choice(name, "draft_quantization", data["draft_quantization"], FORMATS)
                             if data.get("draft_quantization") is not None else None),
+        head_quantization=(_choice(name, "head_quantization", data["head_quantization"], FORMATS)
+                           if data.get("head_quantization") is not None else None),
         kv_cache=_choice(name, "kv_cache.dtype", kv.get("dtype", "f32"), KV_DTYPES),
         max_context=_positive_int(name, "kv_cache.max_context", kv.get("max_context", 2048), 16),
         kv_sinks=_positive_int(name, "kv_cache.sinks", kv.get("sinks", 0), 0),

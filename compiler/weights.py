@@ -28,6 +28,7 @@ from .tensor_map import Sources, TensorMap
 DERIVED = {"rope_inv_freq": lambda ckpt: inverse_frequencies(ckpt.spec),
            "rope_local_inv_freq": lambda ckpt: inverse_frequencies(ckpt.spec, sliding=True)}
 PACKED = ("qs", "scales", "tiles")
+HEAD_LAYERS = ("model.embed_tokens", "lm_head")  # stored in the recipe's head format
 FLOAT_TYPES = ("F32", "F16", "BF16")  # stored types (safetensors and GGUF spell them alike) that are not blocks
 
 
@@ -56,10 +57,11 @@ def _sources(mapping: TensorMap, name: str) -> Sources:
     return sources
 
 
-def write_weights(ckpt: Checkpoint, named_params, mapping: TensorMap, scheme: str, path: Path,
+def write_weights(ckpt: Checkpoint, named_params, mapping: TensorMap, schemes: tuple[str, str], path: Path,
                   extra: dict[str, np.ndarray] | None = None) -> WrittenWeights:
     """Write the parameters (and `extra` tensors the runtime swaps in) as one safetensors file;
-    says its payload bytes and which stored blocks were kept."""
+    says its payload bytes and which stored blocks were kept. schemes: the layers' format and
+    the token table's and LM head's."""
     tensors, packed = dict(extra or {}), {}
     written = WrittenWeights(0, [], [])
     for name, param in named_params:
@@ -70,6 +72,7 @@ def write_weights(ckpt: Checkpoint, named_params, mapping: TensorMap, scheme: st
             sources = [source for source, _ in _sources(mapping, name)]
             if leaf in PACKED:
                 if layer not in packed:
+                    scheme = schemes[1] if layer in HEAD_LAYERS else schemes[0]
                     packed[layer] = _pack_matrix(ckpt, layer, sources, scheme, written)
                 array = packed[layer][leaf]
             elif name in mapping.unit_offset:

@@ -162,7 +162,7 @@ def test_q4_1_gguf_keeps_its_blocks_in_a_q4_bundle(tmp_path):
 
     source = make_checkpoint(tmp_path / "source", "llama", layers=1, seed=6)
     path = write_gguf(source, tmp_path / "q41.gguf", "Q4_1")
-    recipe = load_recipe("host").with_overrides(max_context=64, quantization="q4")
+    recipe = load_recipe("host").with_overrides(max_context=64, quantization="q4", head_quantization="q4")
     compile_bundle(str(path), None, recipe, tmp_path / "kept", quiet=True)
     dequantized = _dequantized_folder(load_checkpoint(path), source, tmp_path / "dequantized")
     compile_bundle(str(dequantized), None, recipe, tmp_path / "requantized", quiet=True)

@@ -31,6 +31,9 @@ def formats(tmp_path_factory):
             recipe = load_recipe("host").with_overrides(max_context=128, quantization=scheme)
             compile_bundle(str(checkpoint), None, recipe, root / f"{kind}-{scheme}", quiet=True)
             bundles[kind, scheme] = Bundle.load(root / f"{kind}-{scheme}")
+    recipe = load_recipe("host").with_overrides(max_context=128, quantization="q4", head_quantization="q4")
+    compile_bundle(str(checkpoints["tied"]), None, recipe, root / "tied-q4-head-q4", quiet=True)
+    bundles["tied", "q4 head q4"] = Bundle.load(root / "tied-q4-head-q4")
     return bundles
 
 
@@ -44,15 +47,36 @@ def _distribution(bundle):
 
 @pytest.mark.parametrize("kind", ["untied", "tied"])
 @pytest.mark.parametrize("scheme, max_kl, min_top1, max_bytes", [
-    ("f16", 1e-5, 1.0, 0.51), ("q8", 2e-3, 0.9, 0.30), ("q4", 5e-2, 0.6, 0.18)])
+    ("f16", 1e-5, 1.0, 0.51), ("q8", 2e-3, 0.9, 0.30), ("q4", 5e-2, 0.6, 0.21)])  # q4: its token table and head are q8
 def test_quantized_models_track_f32(formats, kind, scheme, max_kl, min_top1, max_bytes):
     p, q = _distribution(formats[kind, "f32"]), _distribution(formats[kind, scheme])
-    kl = float((p * (np.log(p) - np.log(q))).sum(axis=-1).mean())
+    kl = _kl(p, q)
     top1 = float((p.argmax(-1) == q.argmax(-1)).mean())
     assert kl < max_kl and top1 >= min_top1, (kl, top1)
     ratio = formats[kind, scheme].manifest["models"]["target"]["weight_bytes"] / \
         formats[kind, "f32"].manifest["models"]["target"]["weight_bytes"]
     assert ratio < max_bytes
+
+
+def _kl(p, q) -> float:
+    return float((p * (np.log(p) - np.log(q))).sum(axis=-1).mean())
+
+
+def test_q4_keeps_its_token_table_and_head_at_q8(formats):
+    """The default head of a q4 target is q8 (the recipe's head_format); head_quantization q4
+    stores it in q4, smaller and further from f32."""
+    from air.compiler.kernels.layout import PackedLayout
+
+    default, small = formats["tied", "q4"], formats["tied", "q4 head q4"]
+    entries = [bundle.manifest["models"]["target"] for bundle in (default, small)]
+    assert [(e["quantization"], e["head_quantization"]) for e in entries] == [("q4", "q8"), ("q4", "q4")]
+    arch = entries[0]["architecture"]
+    for bundle, entry, scheme in ((default, entries[0], "q8"), (small, entries[1], "q4")):
+        table = dict(zip(entry["params"], bundle.target.params))["model.embed_tokens.qs"]
+        assert tuple(table.shape) == PackedLayout(scheme, arch["vocab_size"], arch["hidden_size"]).shapes[0]
+    assert entries[1]["weight_bytes"] < entries[0]["weight_bytes"]
+    p = _distribution(formats["tied", "f32"])
+    assert _kl(p, _distribution(default)) < _kl(p, _distribution(small))
 
 
 def test_tied_table_is_stored_once(formats):
