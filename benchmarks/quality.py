@@ -15,10 +15,11 @@ number. That f32 GGUF is the reference model of both sides:
              (KL against the F32 model's saved logits), and F16 with its q8_0 and q4_0 caches.
 
 Both sides score the text as llama-perplexity does: chunks of --ctx tokens, every token of a
-chunk's second half predicted from the tokens before it in the chunk. Printed per format:
-bits per weight (ours: the bundle's weight bytes per parameter; llama.cpp: the BPW its loader
-reports for the file; both count every tensor, norms and the tied embedding included), perplexity, its change against the f32 reference of
-the same side, mean KL divergence against that reference, and top-1 agreement.
+chunk's second half predicted from the tokens before it in the chunk. Printed per format: bits
+per weight (ours: the bundle's weight bytes per parameter; llama.cpp: its file's bytes per
+parameter; both count every tensor, norms and the tied embedding included), perplexity, its
+change against the f32 reference of the same side, mean KL divergence against that reference,
+and top-1 agreement.
 """
 
 from __future__ import annotations
@@ -161,7 +162,8 @@ def llama_perplexity(tools: Path, model: Path, text_file: Path, args, extra: lis
 def llama_quantize(tools: Path, source: Path, output: Path, fmt: str) -> Path:
     """llama.cpp's own quantization of the reference (kept in --work for the next run)."""
     if not output.exists():
-        done = subprocess.run([str(tools / "llama-quantize"), str(source), str(output), fmt], capture_output=True, text=True)
+        done = subprocess.run([str(tools / "llama-quantize"), str(source), str(output), fmt],
+                              capture_output=True, text=True)
         if done.returncode:
             raise SystemExit(f"llama-quantize {fmt} failed:\n{(done.stdout + done.stderr)[-2000:]}")
     return output

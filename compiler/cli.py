@@ -57,8 +57,8 @@ def main():
 @click.option("--archive", is_flag=True, help="Also write the bundle as one file, <output>.air, for copying.")
 @click.option("--sign", "sign_key", type=click.Path(), help="Sign the bundle with this private key (air-build keygen).")
 @click.option("--quiet", is_flag=True, help="No progress output.")
-def compile(target_model, draft_model, recipe, output, max_context, quantization, draft_quantization, head_quantization, kv_cache,
-            kv_window, kv_sinks, rpc, archive, sign_key, quiet):  # noqa: A001 - the command's name
+def compile(target_model, draft_model, recipe, output, max_context, quantization, draft_quantization, head_quantization,
+            kv_cache, kv_window, kv_sinks, rpc, archive, sign_key, quiet):  # noqa: A001 - the command's name
     """Compile a target (and draft) model for a device recipe into a bundle."""
     from air.runtime.signing import load_private_key
 

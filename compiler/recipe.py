@@ -13,7 +13,8 @@ from air.runtime.contract import KV_DTYPES
 
 from .layers import FORMATS
 
-_KEYS = {"device", "quantization", "draft_quantization", "head_quantization", "kv_cache", "threads", "memory_budget_mb", "calibration_prompts",
+_KEYS = {"device", "quantization", "draft_quantization", "head_quantization", "kv_cache", "threads", "memory_budget_mb",
+         "calibration_prompts",
          "transform_prompts", "description"}
 _KV_KEYS = {"dtype", "max_context", "sinks", "window"}
 

@@ -1,6 +1,7 @@
-"""4-byte integer dot products per CPU: the new dot[r] (TILE int32 lanes, one per weight row)
-is dot[r] plus the 4 weight bytes of each lane in w times the 4 signed activation bytes of word j
-of a block (xq[row, first + j], first a multiple of 8: the block's 8 words).
+"""4-byte integer dot products per CPU: a block's sums dot[r] (TILE int32 lanes, one per weight
+row; AVX2/AVX-512BW q4: int16 pairs, see DotOps) grow by the 4 weight bytes of each lane in w
+times the 4 signed activation bytes of word j of a block (xq[row, first + j], first a multiple
+of 8: the block's 8 words).
 
   vnni     AVX-512 VNNI: one vpdpbusd per 64 weight bytes (16 output rows x 4 k)
   avx512   AVX-512BW without VNNI: vpmaddubsw + vpmaddwd (q8: the signs moved onto the weights

@@ -366,8 +366,9 @@ def test_gemma3_gguf_with_a_bad_layer_pattern_is_refused(pattern, tmp_path):
 
 
 def test_phi4_mini_gguf_bundle_generates_the_folders_greedy_tokens(tmp_path):
-    """A Phi-4-mini (phi3: fused qkv and gate/up, longrope factors as tensors, partial rotary) GGUF: the bundle's greedy tokens are transformers' on the source folder, past
-    the longrope switch to the long factors (original context 32)."""
+    """A Phi-4-mini (phi3: fused qkv and gate/up, longrope factors as tensors, partial rotary)
+    GGUF: the bundle's greedy tokens are transformers' on the source folder, past the longrope
+    switch to the long factors (original context 32)."""
     from checkpoints import load_reference
 
     from air.compiler.build import compile_bundle
