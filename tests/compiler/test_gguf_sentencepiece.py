@@ -39,13 +39,19 @@ def _train(add_dummy_prefix: bool) -> sentencepiece.SentencePieceProcessor:
     return sentencepiece.SentencePieceProcessor(model_proto=model.getvalue())
 
 
-@pytest.fixture(scope="module", params=[True, False], ids=["space-prefix", "no-space-prefix"])
+FAMILIES = {"llama": {}, "gemma3": dict(head_dim=16, tied=True, sliding_window=8)}
+
+
+@pytest.fixture(scope="module", params=[(True, "llama"), (False, "llama"), (False, "gemma3")],
+                ids=["space-prefix", "no-space-prefix", "gemma3"])
 def sentencepiece_gguf(request, tmp_path_factory):
-    """(sentencepiece processor, GGUF checkpoint path with its vocabulary); no-space-prefix is Gemma's kind."""
+    """(sentencepiece processor, GGUF checkpoint path with its vocabulary, the vocabulary);
+    no-space-prefix is Gemma's kind, also in a gemma3 file."""
+    space_prefix, family = request.param
     root = tmp_path_factory.mktemp("spm")
-    processor = _train(request.param)
-    vocab = sentencepiece_vocab(processor, add_space_prefix=request.param, user_defined=USER_DEFINED)
-    folder = make_checkpoint(root / "source", "llama", layers=1, vocab=processor.get_piece_size())
+    processor = _train(space_prefix)
+    vocab = sentencepiece_vocab(processor, add_space_prefix=space_prefix, user_defined=USER_DEFINED)
+    folder = make_checkpoint(root / "source", family, layers=1, vocab=processor.get_piece_size(), **FAMILIES[family])
     return processor, write_gguf(folder, root / "spm.gguf", vocab=vocab), vocab
 
 
