@@ -49,11 +49,11 @@ def gguf_file(llama_dir: Path, checkpoint: Path, fmt: str) -> Path:
         return target
     if fmt == "q4":
         source = gguf_file(llama_dir, checkpoint, "f16")
-        _run([str(llama_dir / "build/bin/llama-quantize"), str(source), str(target) + ".part", "Q4_0"])
+        run_tool([str(llama_dir / "build/bin/llama-quantize"), str(source), str(target) + ".part", "Q4_0"])
     else:
         with tempfile.TemporaryDirectory() as staging:
             _stage_checkpoint(checkpoint, Path(staging))
-            _run([sys.executable, "-c", _CONVERT, str(llama_dir / "src"), staging,
+            run_tool([sys.executable, "-c", _CONVERT, str(llama_dir / "src"), staging,
                   "--outtype", GGUF_TYPES[fmt].lower(), "--outfile", str(target) + ".part"])
     Path(str(target) + ".part").rename(target)
     return target
@@ -78,7 +78,8 @@ def _stage_checkpoint(checkpoint: Path, staging: Path) -> None:
     (staging / "tokenizer.json").write_text(json.dumps(tokenizer))
 
 
-def _run(command: list[str]) -> str:
+def run_tool(command: list[str]) -> str:
+    """Run a llama.cpp tool; its stdout, or RuntimeError with the end of its stderr."""
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(f"{Path(command[0]).name} failed:\n{result.stderr[-3000:]}")
@@ -87,7 +88,7 @@ def _run(command: list[str]) -> str:
 
 def bench(llama_dir: Path, model: Path, threads: int, repetitions: int = 5) -> dict:
     """llama-bench: {"decode": tokens/s, "prefill": tokens/s}, medians over the repetitions."""
-    out = _run([str(llama_dir / "build/bin/llama-bench"), "-m", str(model), "-t", str(threads),
+    out = run_tool([str(llama_dir / "build/bin/llama-bench"), "-m", str(model), "-t", str(threads),
                 "-p", "128", "-n", "64", "-r", str(repetitions), "-o", "json"])
     result = {}
     for test in json.loads(out):

@@ -34,6 +34,9 @@ from pathlib import Path
 import gguf
 import numpy as np
 
+from kv_cache import log_softmax  # benchmarks/kv_cache.py
+from llama_cpp import run_tool  # benchmarks/llama_cpp.py
+
 from air.compiler.build import compile_bundle
 from air.compiler.recipe import load_recipe
 from air.runtime import Bundle
@@ -45,9 +48,11 @@ BLOCK_STEP = {"Q4_1": (20, 0), "Q8_0": (34, 0), "Q4_0": (18, 0)}  # bytes per bl
 
 
 def reconstructed_original(source: Path, output: Path, seed: int = 0) -> None:
-    """An f32 GGUF of `source` with every quantized weight jittered within its bin."""
+    """An f32 GGUF of `source` with every quantized weight jittered within its bin (written
+    under a temporary name, then renamed: main reuses a finished one)."""
+    partial = output.with_name(output.name + ".part")
     reader = gguf.GGUFReader(source)
-    writer = gguf.GGUFWriter(output, reader.fields["general.architecture"].contents())
+    writer = gguf.GGUFWriter(partial, reader.fields["general.architecture"].contents())
     for name, field in reader.fields.items():
         if name.startswith("GGUF.") or name in ("general.architecture", "general.file_type"):
             continue
@@ -72,6 +77,7 @@ def reconstructed_original(source: Path, output: Path, seed: int = 0) -> None:
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
+    partial.rename(output)
 
 
 def chunked_ids(ids: list[int], ctx: int, chunks: int, bos: int | None) -> list[np.ndarray]:
@@ -83,11 +89,6 @@ def chunked_ids(ids: list[int], ctx: int, chunks: int, bos: int | None) -> list[
             window[0] = bos
         out.append(window)
     return out
-
-
-def log_softmax(logits):
-    shifted = logits - logits.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
 def scored_logprobs(model, window: np.ndarray, step: int = 128) -> np.ndarray:
@@ -160,12 +161,12 @@ def llama_perplexity(tools: Path, model: Path, text_file: Path, args, extra: lis
 
 
 def llama_quantize(tools: Path, source: Path, output: Path, fmt: str) -> Path:
-    """llama.cpp's own quantization of the reference (kept in --work for the next run)."""
+    """llama.cpp's own quantization of the reference (kept in --work for the next run; written
+    under a temporary name first, so an interrupted run leaves nothing that looks finished)."""
     if not output.exists():
-        done = subprocess.run([str(tools / "llama-quantize"), str(source), str(output), fmt],
-                              capture_output=True, text=True)
-        if done.returncode:
-            raise SystemExit(f"llama-quantize {fmt} failed:\n{(done.stdout + done.stderr)[-2000:]}")
+        partial = output.with_name(output.name + ".part")
+        run_tool([str(tools / "llama-quantize"), str(source), str(partial), fmt])
+        partial.rename(output)
     return output
 
 
