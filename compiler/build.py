@@ -99,7 +99,7 @@ def _compile_one(role: str, ckpt: Checkpoint, recipe: Recipe, device: Device, st
             module, named_params = model.export_tvm(spec=model.export_spec())
         progress.note(kernel_cache.summary(kernels_before))
         with progress.step(f"{role}: Relax passes and LLVM code generation"):
-            executable = compile_module(module, device.tvm_target)
+            executable = compile_module(module, device.tvm_target, spec.num_layers)
         with progress.step(f"{role}: linking model.so"):
             executable.export_library(str(folder / "model.so"), **device.export_options())
     switch = rope.rope_switch(spec, kv.max_context)

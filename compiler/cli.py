@@ -11,10 +11,8 @@ import click
 
 from air.errors import AirError
 from air.runtime.archive import SUFFIX, pack
-from air.runtime.contract import KV_DTYPES
+from air.runtime.contract import KV_DTYPES, WEIGHT_FORMATS
 from air.runtime.manifest import kv_spec
-
-from .layers import FORMATS
 
 
 def _fail(message: str, status: int = 2):
@@ -43,10 +41,10 @@ def main():
 @click.option("--recipe", default="host", show_default=True, help="Recipe name (see `air-build recipes`) or a .yaml path.")
 @click.option("--output", type=click.Path(), help="Bundle folder [default: dist/<target folder name, or .gguf file stem>].")
 @click.option("--max-context", type=click.IntRange(min=16), help="Override the recipe's KV-cache context length.")
-@click.option("--quantization", type=click.Choice(FORMATS), help="Override the recipe's weight format.")
-@click.option("--draft-quantization", type=click.Choice(FORMATS),
+@click.option("--quantization", type=click.Choice(WEIGHT_FORMATS), help="Override the recipe's weight format.")
+@click.option("--draft-quantization", type=click.Choice(WEIGHT_FORMATS),
               help="Weight format of the draft model [default: the recipe's draft_quantization, else --quantization].")
-@click.option("--head-quantization", type=click.Choice(FORMATS),
+@click.option("--head-quantization", type=click.Choice(WEIGHT_FORMATS),
               help="Weight format of the token table and LM head [default: the recipe's head_quantization, "
                    "else q8 for a q4 target, else the model's own].")
 @click.option("--kv-cache", type=click.Choice(KV_DTYPES), help="Override the recipe's KV-cache storage dtype.")
@@ -61,6 +59,7 @@ def compile(target_model, draft_model, recipe, output, max_context, quantization
             kv_cache, kv_window, kv_sinks, rpc, archive, sign_key, quiet):  # noqa: A001 - the command's name
     """Compile a target (and draft) model for a device recipe into a bundle."""
     from air.runtime.signing import load_private_key
+    from air.runtime.startup import import_tvm
 
     from .recipe import load_recipe
 
@@ -73,6 +72,7 @@ def compile(target_model, draft_model, recipe, output, max_context, quantization
                                                     kv_sinks=kv_sinks)
         destination = Path(output) if output else Path("dist") / _default_name(Path(target_model))
         key = load_private_key(Path(sign_key)) if sign_key else None  # a bad key stops before compiling
+        import_tvm(runtime_only=False)
         from .build import compile_bundle
 
         compile_bundle(target_model, draft_model, chosen, destination, quiet=quiet, rpc=rpc, signing_key=key)

@@ -23,8 +23,6 @@ from .kernels import dense, embedding, norms, packed
 from .kernels.layout import BLOCK, SCHEMES, PackedLayout
 from .kernels.packing import DENSE_DTYPES, dense_shape
 
-FORMATS = ("f32", "f16", "q8", "q4")
-
 
 @dataclasses.dataclass(frozen=True)
 class WeightFormat:

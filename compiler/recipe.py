@@ -9,9 +9,7 @@ from pathlib import Path
 import yaml
 
 from air.errors import AirError
-from air.runtime.contract import KV_DTYPES
-
-from .layers import FORMATS
+from air.runtime.contract import KV_DTYPES, WEIGHT_FORMATS
 
 _KEYS = {"device", "quantization", "draft_quantization", "head_quantization", "kv_cache", "threads", "memory_budget_mb",
          "calibration_prompts",
@@ -107,10 +105,10 @@ def load_recipe(name_or_path: str) -> Recipe:
     return Recipe(
         name=name,
         device=str(data["device"]),
-        quantization=_choice(name, "quantization", data.get("quantization", "f32"), FORMATS),
-        draft_quantization=(_choice(name, "draft_quantization", data["draft_quantization"], FORMATS)
+        quantization=_choice(name, "quantization", data.get("quantization", "f32"), WEIGHT_FORMATS),
+        draft_quantization=(_choice(name, "draft_quantization", data["draft_quantization"], WEIGHT_FORMATS)
                             if data.get("draft_quantization") is not None else None),
-        head_quantization=(_choice(name, "head_quantization", data["head_quantization"], FORMATS)
+        head_quantization=(_choice(name, "head_quantization", data["head_quantization"], WEIGHT_FORMATS)
                            if data.get("head_quantization") is not None else None),
         kv_cache=_choice(name, "kv_cache.dtype", kv.get("dtype", "f32"), KV_DTYPES),
         max_context=_positive_int(name, "kv_cache.max_context", kv.get("max_context", 2048), 16),

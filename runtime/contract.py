@@ -17,6 +17,7 @@ import math
 from air.errors import AirError
 
 KV_DTYPES = ("f32", "f16", "int8", "int4")
+WEIGHT_FORMATS = ("f32", "f16", "q8", "q4")  # a model's "quantization" and "head_quantization"
 KV_KINDS = ("dense", "windowed")
 ITEMSIZE = {"float32": 4, "float16": 2, "int8": 1, "uint8": 1}
 CAPACITY = "capacity"  # the symbolic dimension the runtime sizes per request

@@ -23,7 +23,8 @@ VARIANTS = {
     "llama-bias-tied": dict(family="llama", tied=True, attention_bias=True, kv_heads=4),
     "qwen2-tied-bf16": dict(family="qwen2", tied=True, dtype="bfloat16", rope_theta=1000000.0),
     "qwen3-qknorm": dict(family="qwen3", head_dim=32),
-    "mistral-gqa": dict(family="mistral", heads=4, kv_heads=1, sliding_window=4096),
+    # deeper than pipeline.COMPILED_GLUE_MAX_LAYERS: its Relax functions run as VM bytecode
+    "mistral-gqa-deep": dict(family="mistral", layers=10, heads=4, kv_heads=1, sliding_window=4096),
     # five sliding layers and one full (Gemma 3's pattern), a window far below the tests' lengths
     "gemma3-softcap": dict(family="gemma3", layers=6, head_dim=16, tied=True, sliding_window=8,
                            query_pre_attn_scalar=24, final_logit_softcapping=8.0),

@@ -54,7 +54,7 @@ def test_android_code_is_aarch64_android_and_links(checkpoint, tmp_path, monkeyp
                              "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}, "t")
     model = CausalLM(spec, KVLayout(spec, "f16", 64), WeightFormat("q8", json.dumps(device.tvm_target)))
     module, _ = model.export_tvm(spec=model.export_spec())
-    executable = compile_module(module, device.tvm_target)
+    executable = compile_module(module, device.tvm_target, spec.num_layers)
     llvm_ir = next(m for m in executable.mod.imports if m.kind == "llvm").inspect_source("ll")
     assert 'target triple = "aarch64-linux-android"' in llvm_ir
     assert "+dotprod" in llvm_ir
