@@ -86,10 +86,11 @@ def run_tool(command: list[str]) -> str:
     return result.stdout
 
 
-def bench(llama_dir: Path, model: Path, threads: int, repetitions: int = 5) -> dict:
-    """llama-bench: {"decode": tokens/s, "prefill": tokens/s}, medians over the repetitions."""
+def bench(llama_dir: Path, model: Path, threads: int, repetitions: int = 5, prompt: int = 128) -> dict:
+    """llama-bench: {"decode": tokens/s, "prefill": tokens/s}, medians over the repetitions
+    (prompt 0: decode only)."""
     out = run_tool([str(llama_dir / "build/bin/llama-bench"), "-m", str(model), "-t", str(threads),
-                "-p", "128", "-n", "64", "-r", str(repetitions), "-o", "json"])
+                    "-p", str(prompt), "-n", "64", "-r", str(repetitions), "-o", "json"])
     result = {}
     for test in json.loads(out):
         key = "prefill" if test["n_prompt"] else "decode"

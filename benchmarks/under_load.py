@@ -1,12 +1,15 @@
 """Decode while another process holds a core: the default (adaptive) thread count against fixed ones.
 
     python benchmarks/under_load.py BUNDLE [--tokens 256] [--rounds 3] [--threads 2]
+        [--llama-cpp DIR --checkpoint CKPT]
 
 Target alone, greedy, a fixed number of tokens. Each setting runs in its own process (TVM sizes
 its thread pool once per process): `adaptive` is air-run's default (the recipe's thread count,
 shed to one while that is faster, runtime/threads.py), `fixed N` is `--threads N`. First quiet,
 then with one busy-loop process pinned to the last CPU. Prints tokens/s (median over rounds)
-and the ratios the issue asks for.
+and the ratios the issue asks for. With --llama-cpp and the bundle's source checkpoint,
+llama-bench decodes the same weights (Q4_0 for a q4 bundle, Q8_0 for q8) with --threads
+threads under the same two loads.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+import llama_cpp
 
 PROMPT = "def read_config(path):\n    "
 
@@ -57,8 +63,11 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2, help="the multi-thread count to compare with one")
+    parser.add_argument("--llama-cpp", type=Path, help="llama.cpp build (benchmarks/build_llama_cpp.sh)")
+    parser.add_argument("--checkpoint", type=Path, help="the bundle's source checkpoint, for llama.cpp")
     args = parser.parse_args()
     settings = {"adaptive": None, f"fixed {args.threads}": args.threads, "fixed 1": 1}
+    peer = _peer_model(args) if args.llama_cpp else None
     results = {}
     for load in ("quiet", "one core busy"):
         loop = busy_core() if load != "quiet" else None
@@ -66,6 +75,11 @@ def main() -> None:
             for name, threads in settings.items():
                 results[load, name] = measure(args.bundle, threads, args.tokens, args.rounds)
                 print(f"{load:14s} {name:10s} {results[load, name]:8.1f} tokens/s", flush=True)
+            if peer is not None:
+                rate = llama_cpp.bench(args.llama_cpp, peer, args.threads, args.rounds, prompt=0)["decode"]
+                results[load, "llama.cpp"] = rate
+                print(f"{load:14s} {'llama.cpp':10s} {rate:8.1f} tokens/s ({peer.stem}, {args.threads} threads)",
+                      flush=True)
         finally:
             if loop is not None:
                 loop.kill()
@@ -75,6 +89,16 @@ def main() -> None:
     print(f"one core busy: adaptive / fixed 1 = "
           f"{results['one core busy', 'adaptive'] / results['one core busy', 'fixed 1']:.2f}, "
           f"adaptive / {many} = {results['one core busy', 'adaptive'] / results['one core busy', many]:.2f}")
+    if peer is not None:
+        print(f"adaptive / llama.cpp: quiet {results['quiet', 'adaptive'] / results['quiet', 'llama.cpp']:.2f}, "
+              f"one core busy {results['one core busy', 'adaptive'] / results['one core busy', 'llama.cpp']:.2f}")
+
+
+def _peer_model(args) -> Path:
+    if args.checkpoint is None:
+        raise SystemExit("--llama-cpp needs --checkpoint, the bundle's source checkpoint")
+    manifest = json.loads((Path(args.bundle) / "manifest.json").read_text())
+    return llama_cpp.gguf_file(args.llama_cpp, args.checkpoint, manifest["models"]["target"]["quantization"])
 
 
 if __name__ == "__main__":

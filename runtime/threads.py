@@ -9,6 +9,7 @@ split their work the same way at any thread count, so the output does not change
 
 from __future__ import annotations
 
+import math
 import os
 
 import tvm
@@ -41,21 +42,31 @@ class ThreadGovernor:
 
     A window is WINDOW rounds of one generation (a round: one target pass and what proposed
     it). After `gap` windows on the chosen count, one window runs on the other; if it made
-    tokens PROBE_MARGIN faster, it becomes the choice. A probe that loses doubles the gap (up
-    to MAX_GAP), so a quiet machine spends about one window in MAX_GAP on the slower count."""
+    tokens PROBE_MARGIN faster, it becomes the choice. A probe that loses doubles the gap, or
+    more where the probe took long enough that PROBE_SHARE of the time would be spent probing
+    (up to MAX_GAP), so a quiet machine spends about one window in MAX_GAP on the slower count.
+
+    Both kinds of window are also bounded in time, because under load the slow count can be
+    16x slower (two threads with one core busy: 2.2 against 34.6 tokens/s), and a whole
+    window of it cost more than the shedding won: a probe ends, lost, once it has run as long
+    as the chosen count's last window took; and a chosen window that has run SLOWDOWN times
+    as long as its predecessor (load arrived) ends at once and the other count is probed."""
 
     WINDOW = 8
     FIRST_GAP = 2
     MAX_GAP = 64
     PROBE_MARGIN = 1.1
+    SLOWDOWN = 2.0
+    PROBE_SHARE = 0.05  # after a lost probe, the gap makes probing at most this share of the time
 
     def __init__(self, threads: int):
         self.threads = threads
         self.chosen = threads
         self.gap = self.FIRST_GAP
-        self.since_probe = 0
+        self.since_probe = self.FIRST_GAP - 1  # the first probe follows the first window: a process may start under load
         self.probing = False
         self.rate: float | None = None  # tokens/s of the chosen count's latest window
+        self.window_seconds: float | None = None  # how long that window took
         self.switches = 0
         self.probes = 0
         self._reset_window(0.0)
@@ -75,30 +86,44 @@ class ThreadGovernor:
     def round_done(self, tokens: int, now: float) -> None:
         self.tokens += tokens
         self.rounds += 1
-        if self.rounds < self.WINDOW:
-            return
-        rate = self.tokens / max(now - self.started, 1e-9)
-        self._reset_window(now)
+        elapsed = now - self.started
+        full = self.rounds >= self.WINDOW
         if self.probing:
-            self._end_probe(rate)
-        else:
-            self.rate = rate
-            self.since_probe += 1
-            if self.since_probe >= self.gap:
-                self.probing = True
-                self.probes += 1
-                _resize(self._other())
+            if full or self._over(elapsed, 1.0):
+                rate = self.tokens / max(elapsed, 1e-9)
+                self._reset_window(now)
+                self._end_probe(rate, elapsed)
+            return
+        slowed = not full and self._over(elapsed, self.SLOWDOWN)
+        if not (full or slowed):
+            return
+        self.rate = self.tokens / max(elapsed, 1e-9)
+        self._reset_window(now)
+        if full:
+            self.window_seconds = elapsed
+        self.since_probe = self.gap if slowed else self.since_probe + 1
+        if self.since_probe >= self.gap:
+            self.probing = True
+            self.probes += 1
+            _resize(self._other())
 
-    def _end_probe(self, rate: float) -> None:
+    def _over(self, elapsed: float, factor: float) -> bool:
+        """Whether the window so far has run `factor` times as long as the chosen count's last window."""
+        return self.window_seconds is not None and elapsed > factor * self.window_seconds
+
+    def _end_probe(self, rate: float, elapsed: float) -> None:
         self.probing = False
         self.since_probe = 0
         if self.rate is not None and rate > self.rate * self.PROBE_MARGIN:
             self.chosen = self._other()
             self.rate = rate
+            self.window_seconds = None  # no time bounds until a full window on the new count
             self.gap = self.FIRST_GAP
             self.switches += 1
         else:
-            self.gap = min(self.gap * 2, self.MAX_GAP)
+            # A probe lasts at least one round, which on the slow count can be many windows' worth.
+            affordable = elapsed / (self.PROBE_SHARE * self.window_seconds) if self.window_seconds else 0
+            self.gap = min(max(self.gap * 2, math.ceil(affordable)), self.MAX_GAP)
         _resize(self.chosen)
 
     def _other(self) -> int:

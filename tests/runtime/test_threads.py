@@ -36,6 +36,20 @@ def test_governor_keeps_the_faster_count_and_probes_less_often():
     assert governor.probes <= 8  # 2, 4, ..., 64 windows apart: one window in 64 on the slower count at the end
 
 
+def test_load_arriving_is_noticed_within_a_window_and_probes_are_cut_short():
+    """Two threads 16x slower under load (as measured with one core busy): the governor leaves
+    them within the window the load arrives in, and its probes back cost at most a window's time."""
+    governor, clock = ThreadGovernor(2), [0.0]
+    governor.start(clock[0])
+    run_windows(governor, clock, {2: 0.001, 1: 0.0018}, windows=8)  # quiet: two threads are faster
+    assert governor.chosen == 2
+    loaded_from, windows = clock[0], 100
+    run_windows(governor, clock, {2: 0.016, 1: 0.0018}, windows=windows)
+    assert governor.chosen == 1 and governor.probes >= 5
+    one_thread_seconds = windows * governor.WINDOW * 0.0018
+    assert clock[0] - loaded_from < 1.1 * one_thread_seconds
+
+
 def test_a_generation_never_spans_windows():
     governor = ThreadGovernor(2)
     governor.start(0.0)
