@@ -123,12 +123,20 @@ def test_reference_loader_agrees_on_the_tensors(tmp_path):
 
 # -- Q4_1 blocks kept as q4 ---------------------------------------------------------------------
 
-def test_q4_1_blocks_pack_as_stored(tmp_path):
+# llama's q/k rows are stored permuted (kept blocks are un-permuted by row); gemma3's are not,
+# its norms are stored as 1 + w and its embedding is tied.
+Q4_1_SOURCES = {"llama": dict(family="llama"),
+                "gemma3": dict(family="gemma3", layers=2, head_dim=16, tied=True, sliding_window=8)}
+
+
+@pytest.mark.parametrize("family", list(Q4_1_SOURCES))
+def test_q4_1_blocks_pack_as_stored(family, tmp_path):
     """Kept blocks are the GGUF's values exactly, and equal re-quantizing wherever that is exact."""
     from air.compiler.kernels import packing
     from air.compiler.tensor_map import tensor_map
 
-    ckpt = load_checkpoint(write_gguf(make_checkpoint(tmp_path / "llama", "llama", seed=5), tmp_path / "m.gguf", "Q4_1"))
+    source = make_checkpoint(tmp_path / family, seed=5, **Q4_1_SOURCES[family])
+    ckpt = load_checkpoint(write_gguf(source, tmp_path / "m.gguf", "Q4_1"))
     exact = 0
     for layer, sources in tensor_map(ckpt.spec).matrices.items():
         names = [name for name, _ in sources]
@@ -156,11 +164,12 @@ def _dequantized_folder(ckpt, source, folder):
 
 
 @pytest.mark.slow  # two compiles: 2-5 minutes on a loaded machine
-def test_q4_1_gguf_keeps_its_blocks_in_a_q4_bundle(tmp_path):
+@pytest.mark.parametrize("family", list(Q4_1_SOURCES))
+def test_q4_1_gguf_keeps_its_blocks_in_a_q4_bundle(family, tmp_path):
     from air.compiler.build import compile_bundle
     from air.compiler.recipe import load_recipe
 
-    source = make_checkpoint(tmp_path / "source", "llama", layers=1, seed=6)
+    source = make_checkpoint(tmp_path / "source", seed=6, **{"layers": 1, **Q4_1_SOURCES[family]})
     path = write_gguf(source, tmp_path / "q41.gguf", "Q4_1")
     recipe = load_recipe("host").with_overrides(max_context=64, quantization="q4", head_quantization="q4")
     compile_bundle(str(path), None, recipe, tmp_path / "kept", quiet=True)
