@@ -124,9 +124,11 @@ def test_reference_loader_agrees_on_the_tensors(tmp_path):
 # -- Q4_1 blocks kept as q4 ---------------------------------------------------------------------
 
 # llama's q/k rows are stored permuted (kept blocks are un-permuted by row); gemma3's are not,
-# its norms are stored as 1 + w and its embedding is tied.
+# its norms are stored as 1 + w and its embedding is tied (queries scaled by head_dim: a GGUF
+# has no query_pre_attn_scalar).
 Q4_1_SOURCES = {"llama": dict(family="llama"),
-                "gemma3": dict(family="gemma3", layers=2, head_dim=16, tied=True, sliding_window=8)}
+                "gemma3": dict(family="gemma3", layers=2, head_dim=16, tied=True, sliding_window=8,
+                               query_pre_attn_scalar=16)}
 
 
 @pytest.mark.parametrize("family", list(Q4_1_SOURCES))
