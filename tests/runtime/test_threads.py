@@ -33,7 +33,7 @@ def test_governor_keeps_the_faster_count_and_probes_less_often():
         governor.round_done(1, clock[0])
     assert governor.chosen == 2 and governor.switches == 0
     assert governor.gap == governor.MAX_GAP
-    assert governor.probes <= 8  # 2, 4, ..., 64 windows apart: one window in 64 on the slower count at the end
+    assert governor.probes <= 8  # gaps growing to 64 windows: one window in 64 on the slower count at the end
 
 
 def test_load_arriving_is_noticed_within_a_window_and_probes_are_cut_short():
