@@ -218,3 +218,110 @@ def instructions(template_fraction: float = 0.25, topic_fraction: float = 0.15) 
 def messages(instruction: dict) -> list[dict]:
     system = [{"role": "system", "content": instruction["system"]}] if instruction["system"] else []
     return system + [{"role": "user", "content": instruction["user"]}]
+
+
+# ---------------------------------------------------------------- more training instructions (draft v2)
+# Train-only topics, asked with each family's train phrasings only. None of them restates a held-out
+# topic (checked against held_out_part's picks when they were written), so the held-out set still
+# measures new phrasings of new topics.
+
+EXTRA_TOPICS = {
+    "code": [
+        "count the words in a sentence", "check whether a string contains only digits", "reverse the words in a sentence",
+        "find the smallest number in a list", "compute the median of a list", "shuffle a list randomly",
+        "convert a string to title case", "find the longest common prefix of a list of strings",
+        "remove empty strings from a list", "swap two variables", "check whether a number is a perfect square",
+        "compute the area of a circle", "convert a dictionary to a JSON string", "count the characters in a file",
+        "find the duplicates in a list", "sum the even numbers in a list", "check whether a list is empty",
+        "get the current date and time", "format a number with two decimal places", "convert hours to minutes",
+        "implement a linked list", "implement insertion sort", "implement merge sort", "implement quicksort",
+        "compute the n-th triangular number", "count the occurrences of a character in a string",
+        "remove the vowels from a string", "check whether a string starts with a given prefix",
+        "pad a number with leading zeros", "convert a list to a set", "sort a list of tuples by the second item",
+        "find the key with the largest value in a dictionary", "merge two dictionaries", "read an environment variable",
+        "create a folder if it does not exist", "copy a file", "delete a file safely", "list the files in a folder",
+        "compute the distance between two points", "generate a list of random numbers", "round a number to the nearest ten",
+        "check whether a number is even or odd", "compute the cumulative sum of a list", "interleave two lists",
+        "find the first non-repeated character in a string", "convert Roman numerals to integers",
+        "convert an integer to a Roman numeral", "count the words that start with a capital letter",
+        "compute the product of a list of numbers", "check whether brackets in a string are balanced",
+        "encode a string with a Caesar cipher", "compute the Hamming distance between two strings",
+        "remove the whitespace at both ends of a string", "make a histogram of numbers with asterisks",
+        "simulate rolling two dice", "compute a person's age from a birth date", "write a simple countdown timer",
+        "implement a class for a bank account", "implement a simple to-do list class", "cache the results of a function",
+    ],
+    "concept": [
+        "how a refrigerator works", "what an atom is", "how rainbows form", "what a virus is", "how a car engine works",
+        "what a star is", "how magnets work", "what electricity is", "how the stock market works", "what a calorie is",
+        "how tides work", "what a volcano is", "how bees make honey", "what an ecosystem is", "how a camera works",
+        "what a loop is in programming", "what a class is in Python", "how a CPU works", "what a web browser does",
+        "what a spreadsheet is", "how GPS works", "what a cell is in biology", "how the ear hears sound",
+        "what democracy is", "how money is created", "what a programming language is", "what open source software is",
+        "how a bridge holds weight", "what friction is", "what an exception is in Python", "how wind forms",
+        "what a file system is", "how a microwave oven heats food", "what a protein is", "how clouds form",
+        "what a dictionary is in Python", "what unit testing is", "how light travels", "what a planet is",
+        "what a password manager does", "how the lungs work", "what photosynthesis needs", "what a URL is",
+        "how a thermostat works", "what renewable energy is", "how fossils form", "what a byte is",
+        "how a river shapes the land", "what the Renaissance was", "what an index is in a book",
+    ],
+    "list": [
+        "ways to drink more water", "fruits that are high in vitamin C", "tips for a good night's sleep",
+        "ideas for a birthday present", "exercises you can do at home", "ways to make friends in a new city",
+        "tips for learning to cook", "Python built-in functions worth knowing", "ways to keep your computer secure",
+        "tips for working from home", "snacks that are good for you", "places to visit in Europe",
+        "ways to help the environment", "tips for taking notes in class", "games to play with kids",
+        "things to do on a summer evening", "tips for running a meeting", "ways to use less plastic",
+        "questions to ask a new friend", "skills every student should learn", "tips for writing good code comments",
+        "ways to practise mindfulness", "dog breeds that are good with children", "reasons to go for a walk",
+        "uses of a spreadsheet", "ideas for a picnic", "tips for saving energy at home", "ways to learn math",
+        "mistakes to avoid when cooking pasta", "things to check before a long drive",
+    ],
+    "howto": [
+        "boil an egg", "write a resume", "make a smoothie", "learn to swim", "save money on groceries",
+        "meditate", "tie a tie", "make friends at work", "write a Python function", "read a CSV file in Python",
+        "plan a trip", "study for a math test", "make pancakes", "stay motivated", "write a thank-you letter",
+        "speak in public", "draw a cat", "wash a wool sweater", "clean a window without streaks", "grow herbs indoors",
+        "make a strong password", "start learning to program", "set a SMART goal", "build a habit",
+        "make a to-do list that works", "fix a slow computer", "write a clear bug report", "use a for loop in Python",
+        "care for a houseplant", "prepare for a job interview",
+    ],
+    "chat": [
+        "What's the weather like on Mars?", "Can you tell me a short story?", "What is the tallest mountain in the world?",
+        "Write a short poem about the night sky.", "What is 7 times 8?", "What's your favourite colour?",
+        "Give me a fun word to use today.", "What is the largest ocean?", "Write a haiku about coffee.",
+        "How many legs does a spider have?", "Tell me something interesting about octopuses.", "What year did humans land on the moon?",
+        "What is the speed of light?", "Suggest a name for a goldfish.", "Write a short birthday message for my sister.",
+        "What is the smallest country in the world?", "Why is the ocean salty?", "What is the capital of Canada?",
+        "Give me a compliment.", "What's a good way to start the day?", "Write a limerick about a cat.",
+        "How many continents are there?", "What do bees do?", "What is the freezing point of water?",
+        "Who painted the Mona Lisa?", "Write a two-sentence horror story.", "What is a synonym for happy?",
+        "Can you help me name my new plant?", "What's the longest river in the world?", "Tell me a tongue twister.",
+        "How many hours are there in a week?", "Write a short apology note for being late.", "What is the opposite of ancient?",
+        "What colour do you get when you mix blue and yellow?", "Say hello in three languages.",
+        "Why do leaves change colour in autumn?", "Is the Earth round?", "What is a group of crows called?",
+        "Write a short toast for a wedding.", "What's the square root of 144?",
+    ],
+}
+
+
+def train_templates(family: str, template_fraction: float = 0.25) -> list[str]:
+    templates = FAMILIES[family][0]
+    out = held_out_part(templates, template_fraction)
+    return [t for t in templates if t not in out]
+
+
+def extra_instructions(snippets: list[str], paragraphs: list[str]) -> list[dict]:
+    """More train-only instructions: EXTRA_TOPICS with every train phrasing of their family, and code
+    snippets and prose paragraphs the project may use (from the standard library and package docs), each
+    with one train phrasing of the code_edit or text family chosen by hash."""
+    out = []
+    for family, topics in EXTRA_TOPICS.items():
+        for template, topic in itertools.product(train_templates(family), topics):
+            out.append({"family": family, "user": template.format(t=topic)})
+    for family, items in (("code_edit", snippets), ("text", paragraphs)):
+        templates = train_templates(family)
+        for item in items:
+            out.append({"family": family, "user": templates[digest(item) % len(templates)].format(t=item)})
+    for inst in out:
+        inst["system"] = SYSTEM_PROMPTS[(digest(inst["user"]) >> 4) % len(SYSTEM_PROMPTS)]
+    return out

