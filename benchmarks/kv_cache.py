@@ -75,7 +75,8 @@ def main():
         bundles[name].eos_token_ids = set()
 
     reference = bundles["f16"]
-    ids = np.array(reference.encode(args.text.read_text())[: args.tokens], dtype=np.int32)
+    text_ids = np.array(reference.encode(args.text.read_text()), dtype=np.int32)
+    ids = text_ids[: args.tokens]
     ref_logprobs = teacher_forced(reference.target, ids, 64)
     prompts = [ids[i:i + 16].tolist() for i in range(0, 4 * 64, 64)]
     ref_generations = [reference.generate(prompt_ids=p, max_tokens=args.generate).tokens for p in prompts]
@@ -96,7 +97,7 @@ def main():
 
     window_name = f"int8+window{args.window}"
     windowed, dense = bundles[window_name].target, bundles["int8"].target
-    long_ids = ids[: 4 * args.window + 1]
+    long_ids = text_ids[: 4 * args.window + 1]  # not cut to --tokens: the check needs four windows
     if len(long_ids) == 4 * args.window + 1:
         dense_nll = nll(teacher_forced(dense, long_ids, 64), long_ids)
         window_nll = nll(teacher_forced(windowed, long_ids, 64), long_ids)
