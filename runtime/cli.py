@@ -11,6 +11,7 @@ import click
 from air.errors import AirError
 from .options import explanation, generation_options, load_bundle, trust_options
 from .startup import import_tvm
+from .verified import hash_in_background
 
 SUBCOMMANDS = {"chat": "air.runtime.chat_cli", "serve": "air.runtime.serve_cli"}
 
@@ -20,6 +21,7 @@ class _RunCommand(click.Command):
 
     def main(self, args=None, prog_name=None, **extra):
         if args is None:  # this process is air-run: TVM's runtime only
+            hash_in_background(sys.argv[1:])  # a first start's hashing overlaps the import
             import_tvm()
         args = list(sys.argv[1:] if args is None else args)
         if args and args[0] in SUBCOMMANDS:

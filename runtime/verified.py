@@ -10,6 +10,12 @@ whoever ships a bundle cannot ship its cache. The folder is 0700 and each file 0
 folder or file that is not this user's or that others may write is ignored, and so is an
 entry whose identity does not match the file. The cache is as trustworthy as the account
 that owns it (that account can also replace the trusted keys).
+
+A first start hashes every file. air-run starts that in a background thread before it imports
+TVM (`hash_in_background`): hashlib releases the GIL, so on a second core the hashing overlaps
+the import. The thread only computes digests, of the files the cache does not remember; the
+manifest (its signature checked first) still decides, and a digest is used only for a file
+whose identity is unchanged since the thread read it.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import json
 import os
 import stat
 import tempfile
+import threading
 from pathlib import Path
 
 from .manifest import sha256_file
@@ -71,7 +78,7 @@ class VerificationCache:
         if isinstance(entry, dict) and entry.get("identity") == _identity(before) and isinstance(entry.get("sha256"), str):
             self.cached += 1
             return entry["sha256"]
-        digest = sha256_file(path)
+        digest = _background_digest(path, before) or sha256_file(path)
         self.hashed += 1
         if _identity(os.stat(path)) == _identity(before):  # unchanged while it was read
             self.remember(path, before, digest)
@@ -95,3 +102,48 @@ class VerificationCache:
             os.replace(staging, self.path)
         except OSError:
             os.unlink(staging)
+
+
+_background: dict[str, tuple[list[int], str]] = {}  # path -> (identity when read, sha256)
+_background_threads: list[threading.Thread] = []
+
+
+def _hash_misses(root: Path, manifest: dict) -> None:
+    cache = VerificationCache(root, manifest)
+    for relpath in manifest["files"]:
+        try:
+            path = root / relpath
+            before = os.stat(path)
+            entry = cache.entries.get(str(path))
+            if isinstance(entry, dict) and entry.get("identity") == _identity(before):
+                continue  # remembered: the main thread takes it from the cache
+            digest = sha256_file(path)
+            if _identity(os.stat(path)) == _identity(before):
+                _background[str(path)] = (_identity(before), digest)
+        except (OSError, TypeError):
+            continue  # verify_files says what is wrong with the file
+
+
+def hash_in_background(args: list[str]) -> threading.Thread | None:
+    """Start hashing the files of the first argument that is a bundle folder (best effort)."""
+    for arg in args:
+        root = Path(arg)
+        try:
+            manifest = json.loads((root / "manifest.json").read_bytes())
+            if not all(isinstance(p, str) and not os.path.isabs(p) and ".." not in Path(p).parts for p in manifest["files"]):
+                return None
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            continue
+        thread = threading.Thread(target=_hash_misses, args=(root, manifest), daemon=True)
+        thread.start()
+        _background_threads.append(thread)
+        return thread
+    return None
+
+
+def _background_digest(path: Path, st: os.stat_result) -> str | None:
+    """A background thread's digest of `path` if it read the file with identity `st`."""
+    for thread in _background_threads:
+        thread.join()
+    entry = _background.get(str(path))
+    return entry[1] if entry and entry[0] == _identity(st) else None

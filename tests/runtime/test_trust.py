@@ -20,6 +20,8 @@ from helpers import RUNTIME_ONLY
 
 from air.compiler.build import compile_bundle
 from air.compiler.recipe import load_recipe
+from air.errors import AirError
+from air.runtime import Bundle, verified
 from air.runtime.manifest import read_manifest, verify_files
 
 
@@ -418,3 +420,18 @@ def test_full_disk_gives_one_line_and_no_partial_folder(pair, tmp_path, small_di
                                 capture_output=True, text=True, timeout=300, preexec_fn=_file_size_limit(largest // 2))
         assert_refused(result, "File too large", "nothing was unpacked")
     assert sorted(p.name for p in disk.iterdir() if "pair" in p.name) == [".pair.bundle.lock", "pair.air"]
+
+
+def test_background_hashes_are_the_manifests_and_a_file_changed_after_them_is_refused(pair, tmp_path):
+    bundle = tmp_path / "bundle"
+    shutil.copytree(pair["bundle"], bundle)
+    manifest = read_manifest(bundle)
+    verified.hash_in_background(["--prompt", "not a bundle", str(bundle)]).join()
+    for relpath, record in manifest["files"].items():
+        assert verified._background[str(bundle / relpath)][1] == record["sha256"], relpath
+    weights = bundle / "target" / "weights.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0x01
+    weights.write_bytes(bytes(data))  # after the thread read it: its digest must not be taken
+    with pytest.raises(AirError, match="target/weights.safetensors.*sha256"):
+        Bundle.load(bundle)
