@@ -109,19 +109,25 @@ _background_threads: list[threading.Thread] = []
 
 
 def _hash_misses(root: Path, manifest: dict) -> None:
-    cache = VerificationCache(root, manifest)
-    for relpath in manifest["files"]:
+    try:
+        cache = VerificationCache(root, manifest)
+        records = list(manifest["files"].items())
+    except Exception:  # noqa: BLE001 - best effort: the main thread verifies and reports
+        return
+    for relpath, record in records:
         try:
             path = root / relpath
             before = os.stat(path)
+            if not stat.S_ISREG(before.st_mode) or before.st_size != record["size"]:
+                continue  # verify_files refuses it without reading it (a device or FIFO could never end)
             entry = cache.entries.get(str(path))
             if isinstance(entry, dict) and entry.get("identity") == _identity(before):
                 continue  # remembered: the main thread takes it from the cache
             digest = sha256_file(path)
             if _identity(os.stat(path)) == _identity(before):
                 _background[str(path)] = (_identity(before), digest)
-        except (OSError, TypeError):
-            continue  # verify_files says what is wrong with the file
+        except (OSError, TypeError, KeyError):
+            continue
 
 
 def hash_in_background(args: list[str]) -> threading.Thread | None:
@@ -129,9 +135,11 @@ def hash_in_background(args: list[str]) -> threading.Thread | None:
     for arg in args:
         root = Path(arg)
         try:
+            if not stat.S_ISREG(os.stat(root / "manifest.json").st_mode):
+                continue
             manifest = json.loads((root / "manifest.json").read_bytes())
-            if not all(isinstance(p, str) and not os.path.isabs(p) and ".." not in Path(p).parts for p in manifest["files"]):
-                return None
+            if not all(not os.path.isabs(p) and ".." not in Path(p).parts for p in manifest["files"]):
+                return None  # verify_files refuses such a manifest
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             continue
         thread = threading.Thread(target=_hash_misses, args=(root, manifest), daemon=True)

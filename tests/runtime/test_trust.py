@@ -435,3 +435,22 @@ def test_background_hashes_are_the_manifests_and_a_file_changed_after_them_is_re
     weights.write_bytes(bytes(data))  # after the thread read it: its digest must not be taken
     with pytest.raises(AirError, match="target/weights.safetensors.*sha256"):
         Bundle.load(bundle)
+
+
+def test_background_hashing_skips_what_verification_refuses_and_never_hangs(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"files": {"a": {"size": 3}, "fifo": {"size": 0},
+                                                                   "short": {"size": 9}, "odd": "x"}}))
+    (tmp_path / "a").write_bytes(b"abc")
+    (tmp_path / "short").write_bytes(b"abc")
+    os.mkfifo(tmp_path / "fifo")  # reading it would block forever
+    thread = verified.hash_in_background([str(tmp_path)])
+    thread.join(30)
+    assert not thread.is_alive()
+    hashed = {Path(p).name for p in verified._background if Path(p).parent == tmp_path}
+    assert hashed == {"a"}
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    assert verified.hash_in_background([str(tmp_path)]) is None
+    fifo_manifest = tmp_path / "fifo-bundle"
+    fifo_manifest.mkdir()
+    os.mkfifo(fifo_manifest / "manifest.json")
+    assert verified.hash_in_background([str(fifo_manifest)]) is None
